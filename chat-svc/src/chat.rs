@@ -1,0 +1,341 @@
+//! The domain behind `ChatService`. No tonic types: requests arrive parsed.
+
+use crate::conversations::{Target, member_of, resolve};
+use bytes::Bytes;
+use parley::backends::Backends;
+use parley::bus::Topic;
+use parley::ids::{ConversationId, MessageId, UserId, parse_client_msg_id};
+use parley::proto::{
+    ChatEvent, ChatMessage, ConversationSummary, ReceiptEvent, ReceiptKind, chat_event,
+};
+use parley::protocol::{MAX_BODY_CHARS, server};
+use parley::push::{Outgoing, Pusher};
+use parley::time::now_ms;
+use parley::{ApiError, ErrorCode};
+use prost::Message;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How long a `client_msg_id` is remembered in the registry; past that the
+/// store's unique index still catches a resend.
+const DEDUPE_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_PAGE: usize = 50;
+pub const MAX_PAGE: usize = 200;
+pub const DEFAULT_SYNC_PAGE: usize = 200;
+pub const MAX_SYNC_PAGE: usize = 1000;
+
+#[derive(Clone, Debug)]
+pub struct Chat {
+    pub(crate) backends: Backends,
+    pub(crate) pusher: Pusher,
+}
+
+/// What `send_message` answers.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub message: ChatMessage,
+    pub duplicate: bool,
+}
+
+/// One page of history.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub messages: Vec<ChatMessage>,
+    pub has_more: bool,
+}
+
+/// What a reconnecting client missed.
+#[derive(Debug, Clone)]
+pub struct Missed {
+    pub messages: Vec<ChatMessage>,
+    pub truncated: Vec<String>,
+}
+
+fn validate_body(body: &str) -> Result<(), ApiError> {
+    if body.trim().is_empty() {
+        return Err(ApiError::invalid("body must not be empty"));
+    }
+    if body.chars().count() > MAX_BODY_CHARS {
+        return Err(ApiError::invalid(format!(
+            "body exceeds {MAX_BODY_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The registry remembers "id conversation sent_at" per client message id.
+fn encode_claim(m: &ChatMessage) -> String {
+    format!("{} {} {}", m.id, m.conversation_id, m.sent_at_ms)
+}
+
+fn decode_claim(raw: &str, from: &str, client_msg_id: &str, body: &str) -> Option<ChatMessage> {
+    let mut parts = raw.split(' ');
+    let id = parts.next()?.to_owned();
+    let conversation_id = parts.next()?.to_owned();
+    let sent_at_ms = parts.next()?.parse().ok()?;
+    Some(ChatMessage {
+        id,
+        conversation_id,
+        seq: 0,
+        from: from.to_owned(),
+        body: body.to_owned(),
+        sent_at_ms,
+        client_msg_id: client_msg_id.to_owned(),
+    })
+}
+
+impl Chat {
+    pub fn new(backends: Backends, pusher: Pusher) -> Self {
+        Self { backends, pusher }
+    }
+
+    /// Validates, dedupes on `(sender, client_msg_id)`, and appends the
+    /// message durably to `chat-messages`. On `Ok` the message cannot be lost.
+    pub async fn send(
+        &self,
+        user: &UserId,
+        target: &Target,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Result<Sent, ApiError> {
+        validate_body(body)?;
+        let id = MessageId::generate();
+        let client_msg_id = if client_msg_id.is_empty() {
+            id.as_str().to_owned()
+        } else {
+            parse_client_msg_id(client_msg_id)?
+        };
+        let store = self.backends.store.as_ref();
+        if let Some(stored) = store
+            .message_by_client_id(user.as_str(), &client_msg_id)
+            .await?
+        {
+            return Ok(Sent {
+                message: stored,
+                duplicate: true,
+            });
+        }
+        let conversation = resolve(store, user, target, true).await?;
+        let message = ChatMessage {
+            id: id.into_string(),
+            conversation_id: conversation.id,
+            seq: 0,
+            from: user.as_str().to_owned(),
+            body: body.to_owned(),
+            sent_at_ms: now_ms(),
+            client_msg_id: client_msg_id.clone(),
+        };
+        let claim_key = format!("dedupe:{}:{}", user, client_msg_id);
+        let registry = &self.backends.registry;
+        if let Some(earlier) = registry
+            .claim(&claim_key, &encode_claim(&message), DEDUPE_TTL)
+            .await?
+        {
+            let message = decode_claim(&earlier, user.as_str(), &client_msg_id, body)
+                .ok_or_else(|| ApiError::new(ErrorCode::Internal, "corrupt dedupe entry"))?;
+            return Ok(Sent {
+                message,
+                duplicate: true,
+            });
+        }
+        let event = ChatEvent {
+            event: Some(chat_event::Event::MessageSent(message.clone())),
+        };
+        if let Err(e) = self
+            .backends
+            .bus
+            .publish(
+                Topic::ChatMessages,
+                &message.conversation_id,
+                Bytes::from(event.encode_to_vec()),
+            )
+            .await
+        {
+            // Not durable, so not sent: let the client's retry claim again.
+            let _ = registry.release(&claim_key).await;
+            return Err(e.into());
+        }
+        metrics::counter!("parley_chat_messages_sent_total").increment(1);
+        Ok(Sent {
+            message,
+            duplicate: false,
+        })
+    }
+
+    /// Queues a delivered/read receipt; the sequencer moves the cursor and
+    /// tells the other members.
+    pub async fn mark(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        kind: ReceiptKind,
+        up_to_seq: u64,
+    ) -> Result<(), ApiError> {
+        if up_to_seq == 0 {
+            return Err(ApiError::invalid("up_to_seq must be at least 1"));
+        }
+        if kind == ReceiptKind::Unspecified {
+            return Err(ApiError::invalid("receipt kind is required"));
+        }
+        let c = member_of(self.backends.store.as_ref(), user, conversation).await?;
+        let event = ChatEvent {
+            event: Some(chat_event::Event::Receipt(ReceiptEvent {
+                conversation_id: c.id.clone(),
+                user_id: user.as_str().to_owned(),
+                kind: kind as i32,
+                up_to_seq: up_to_seq.min(c.last_seq),
+                at_ms: now_ms(),
+            })),
+        };
+        self.backends
+            .bus
+            .publish(
+                Topic::ChatMessages,
+                &c.id,
+                Bytes::from(event.encode_to_vec()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Ephemeral: pushed straight to the other members, never stored.
+    pub async fn typing(
+        &self,
+        user: &UserId,
+        target: &Target,
+        state: &str,
+    ) -> Result<(), ApiError> {
+        if !matches!(state, "start" | "stop") {
+            return Err(ApiError::invalid("state must be \"start\" or \"stop\""));
+        }
+        let c = resolve(self.backends.store.as_ref(), user, target, false).await?;
+        let others: Vec<String> = c
+            .members
+            .iter()
+            .filter(|m| *m != user.as_str())
+            .cloned()
+            .collect();
+        self.pusher
+            .push(vec![Outgoing {
+                users: others,
+                frame: server::typing(&c.id, user.as_str(), state).into(),
+            }])
+            .await;
+        Ok(())
+    }
+
+    pub async fn history(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Page, ApiError> {
+        let limit = if limit == 0 {
+            DEFAULT_PAGE
+        } else {
+            limit.min(MAX_PAGE)
+        };
+        let store = self.backends.store.as_ref();
+        member_of(store, user, conversation).await?;
+        let mut messages = store
+            .messages_before(conversation.as_str(), before_seq, limit + 1)
+            .await?;
+        let has_more = messages.len() > limit;
+        if has_more {
+            messages.remove(0);
+        }
+        Ok(Page { messages, has_more })
+    }
+
+    /// Everything after the given seq per conversation of the user; the
+    /// conversations not named from their start. Ids the user is not a
+    /// member of are ignored, revealing nothing.
+    pub async fn sync(
+        &self,
+        user: &UserId,
+        since: &HashMap<String, u64>,
+        limit: usize,
+    ) -> Result<Missed, ApiError> {
+        let limit = if limit == 0 {
+            DEFAULT_SYNC_PAGE
+        } else {
+            limit.min(MAX_SYNC_PAGE)
+        };
+        let store = self.backends.store.as_ref();
+        let mut conversations = store.conversations_of(user.as_str()).await?;
+        conversations.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut missed = Missed {
+            messages: Vec::new(),
+            truncated: Vec::new(),
+        };
+        for c in conversations {
+            let after = since.get(&c.id).copied().unwrap_or(0);
+            if after >= c.last_seq {
+                continue;
+            }
+            let mut page = store.messages_after(&c.id, after, limit + 1).await?;
+            if page.len() > limit {
+                page.truncate(limit);
+                missed.truncated.push(c.id.clone());
+            }
+            missed.messages.extend(page);
+        }
+        Ok(missed)
+    }
+
+    pub async fn conversations(&self, user: &UserId) -> Result<Vec<ConversationSummary>, ApiError> {
+        let store = self.backends.store.as_ref();
+        let mut out = Vec::new();
+        for c in store.conversations_of(user.as_str()).await? {
+            let last_message = store.messages_before(&c.id, 0, 1).await?.pop();
+            let read = c
+                .cursors
+                .iter()
+                .find(|cur| cur.user_id == user.as_str())
+                .map(|cur| cur.read_seq)
+                .unwrap_or(0);
+            out.push(ConversationSummary {
+                unread: c.last_seq.saturating_sub(read),
+                conversation: Some(c),
+                last_message,
+            });
+        }
+        out.sort_by_key(|s| {
+            std::cmp::Reverse(s.last_message.as_ref().map(|m| m.sent_at_ms).unwrap_or(0))
+        });
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_bounded() {
+        assert!(validate_body("hi").is_ok());
+        assert!(validate_body("   ").is_err());
+        assert!(validate_body(&"é".repeat(MAX_BODY_CHARS)).is_ok());
+        assert!(validate_body(&"é".repeat(MAX_BODY_CHARS + 1)).is_err());
+    }
+
+    #[test]
+    fn claims_round_trip() {
+        let m = ChatMessage {
+            id: "m1".into(),
+            conversation_id: "c1".into(),
+            sent_at_ms: 42,
+            ..Default::default()
+        };
+        let back = decode_claim(&encode_claim(&m), "u", "cm", "b").unwrap();
+        assert_eq!(
+            (
+                back.id.as_str(),
+                back.conversation_id.as_str(),
+                back.sent_at_ms
+            ),
+            ("m1", "c1", 42)
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! The `chat-messages` consumer. Each partition is consumed in order by one
+//! member of the `chat-svc` group, which makes it the single writer of its
+//! conversations' `seq`. For every batch: persist (idempotently), push to
+//! the members' sessions, then commit the offsets. A crash before the commit
+//! replays the batch; the store hands back the already stored messages with
+//! their original id and seq.
+
+use crate::chat::Chat;
+use parley::bus::{Record, Subscription, Topic};
+use parley::proto::{ChatEvent, ChatMessage, Conversation, ReceiptEvent, ReceiptKind, chat_event};
+use parley::protocol::server;
+use parley::push::Outgoing;
+use parley::store::StoreError;
+use prost::Message;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub const GROUP: &str = "chat-svc";
+const BATCH: usize = 512;
+
+/// Consumes until `shutdown`. Store failures are retried with backoff
+/// without committing, so nothing is skipped.
+pub async fn run(chat: Chat, shutdown: CancellationToken) {
+    let mut subscription = loop {
+        match chat
+            .backends
+            .bus
+            .subscribe(GROUP, Topic::ChatMessages)
+            .await
+        {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot join the chat-messages consumer group; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        }
+    };
+    loop {
+        let batch = tokio::select! {
+            batch = subscription.next_batch(BATCH) => batch,
+            () = shutdown.cancelled() => return,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "consume failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if !process_until_done(&chat, &batch, &shutdown).await {
+            return;
+        }
+        commit(subscription.as_mut(), &batch).await;
+    }
+}
+
+async fn process_until_done(chat: &Chat, batch: &[Record], shutdown: &CancellationToken) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match process(chat, batch).await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, records = batch.len(), "persisting a batch failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return false,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn commit(subscription: &mut dyn Subscription, batch: &[Record]) {
+    if let Err(e) = subscription.commit(batch).await {
+        // The batch will be consumed again; the store dedupes it.
+        tracing::warn!(error = %e, "offset commit failed");
+    }
+}
+
+enum Step {
+    Messages(Vec<ChatMessage>),
+    Receipt(ReceiptEvent),
+}
+
+/// Splits a batch into runs of messages (appended in one store call) and
+/// single receipts, keeping their order.
+fn steps(batch: &[Record]) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    for record in batch {
+        let event = match ChatEvent::decode(record.payload.as_ref()) {
+            Ok(ChatEvent { event: Some(e) }) => e,
+            Ok(_) | Err(_) => {
+                tracing::error!(
+                    partition = record.partition,
+                    offset = record.offset,
+                    "undecodable chat event skipped"
+                );
+                continue;
+            }
+        };
+        match event {
+            chat_event::Event::MessageSent(m) => match steps.last_mut() {
+                Some(Step::Messages(run)) => run.push(m),
+                _ => steps.push(Step::Messages(vec![m])),
+            },
+            chat_event::Event::Receipt(r) => steps.push(Step::Receipt(r)),
+        }
+    }
+    steps
+}
+
+async fn process(chat: &Chat, batch: &[Record]) -> Result<(), StoreError> {
+    let store = chat.backends.store.as_ref();
+    let mut members: HashMap<String, Conversation> = HashMap::new();
+    let mut outgoing = Vec::new();
+    for step in steps(batch) {
+        match step {
+            Step::Messages(run) => {
+                let appended = store.append_messages(&run).await?;
+                for (sent, stored) in run.iter().zip(appended) {
+                    // A resend under a new id is not news; a replay of the
+                    // same event is pushed again (clients dedupe by id).
+                    if !stored.fresh && stored.message.id != sent.id {
+                        continue;
+                    }
+                    let users =
+                        conversation_members(store, &mut members, &stored.message.conversation_id)
+                            .await?;
+                    metrics::counter!("parley_chat_messages_persisted_total").increment(1);
+                    outgoing.push(Outgoing {
+                        users,
+                        frame: server::new_message(&stored.message).into(),
+                    });
+                }
+            }
+            Step::Receipt(receipt) => {
+                let kind = ReceiptKind::try_from(receipt.kind).unwrap_or(ReceiptKind::Unspecified);
+                if kind == ReceiptKind::Unspecified {
+                    continue;
+                }
+                let moved = match store
+                    .advance_cursor(
+                        &receipt.conversation_id,
+                        &receipt.user_id,
+                        kind,
+                        receipt.up_to_seq,
+                    )
+                    .await
+                {
+                    Ok(moved) => moved,
+                    Err(StoreError::NoConversation(_)) => None,
+                    Err(e) => return Err(e),
+                };
+                if let Some(up_to_seq) = moved {
+                    let users =
+                        conversation_members(store, &mut members, &receipt.conversation_id).await?;
+                    outgoing.push(Outgoing {
+                        users,
+                        frame: server::receipt(&ReceiptEvent {
+                            up_to_seq,
+                            ..receipt
+                        })
+                        .into(),
+                    });
+                }
+            }
+        }
+    }
+    chat.pusher.push(outgoing).await;
+    Ok(())
+}
+
+async fn conversation_members(
+    store: &dyn parley::store::Store,
+    cache: &mut HashMap<String, Conversation>,
+    id: &str,
+) -> Result<Vec<String>, StoreError> {
+    if let Some(c) = cache.get(id) {
+        return Ok(c.members.clone());
+    }
+    let c = store
+        .conversation(id)
+        .await?
+        .ok_or_else(|| StoreError::NoConversation(id.to_owned()))?;
+    let members = c.members.clone();
+    cache.insert(id.to_owned(), c);
+    Ok(members)
+}

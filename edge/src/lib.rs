@@ -1,0 +1,87 @@
+//! The edge: terminates browser WebSockets and REST calls, forwards each
+//! command over gRPC to the role services, and writes what they push back
+//! (`EdgeService.Deliver`) to the right sockets. It keeps no state that
+//! outlives a connection, so edges can come and go behind nginx.
+//!
+//! - [`state`]: what handlers share (the local session table, clients).
+//! - [`sessions`]: the sockets this edge holds, by session id.
+//! - [`ws`]: `/ws`, the client protocol, one task per connection.
+//! - [`rest`]: `/api/*`, `/health`, `/ready`; [`http_error`] maps errors.
+//! - [`deliver`]: the gRPC `EdgeService` the services push through.
+//! - [`web`]: the embedded browser client; [`telemetry`]: `/metrics`.
+
+pub mod deliver;
+pub mod http_error;
+pub mod rest;
+pub mod sessions;
+pub mod state;
+pub mod telemetry;
+pub mod web;
+pub mod ws;
+
+pub use state::{EdgeConfig, EdgeState};
+
+use parley::backends::Backends;
+use parley::discovery::{announce, kind};
+use parley::registry::ServiceEntry;
+use parley::time::now_ms;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("cannot register the edge: {0}")]
+    Register(#[from] parley::ApiError),
+    #[error("cannot read the listener address: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Grpc(#[from] parley::grpc::ServeError),
+}
+
+/// Serves browsers on `http` and `EdgeService` on `grpc` until `shutdown`;
+/// then tells every client to reconnect elsewhere (close 4002) and returns.
+pub async fn serve(
+    http: TcpListener,
+    grpc: TcpListener,
+    state: EdgeState,
+    backends: Backends,
+    shutdown: CancellationToken,
+) -> Result<(), EdgeError> {
+    let entry = ServiceEntry {
+        kind: kind::EDGE.into(),
+        id: state.config.node_id.clone(),
+        grpc_addr: grpc.local_addr()?.to_string(),
+        http_addr: Some(http.local_addr()?.to_string()),
+        started_at_ms: now_ms(),
+        load: 0,
+    };
+    let sessions = state.sessions.clone();
+    let announcer = announce(
+        backends.registry.clone(),
+        entry,
+        state.config.liveness,
+        move || sessions.len() as u64,
+        shutdown.clone(),
+    )
+    .await?;
+    let heartbeat = tokio::spawn(ws::heartbeat::run(state.clone(), shutdown.clone()));
+    let routes = tonic::service::Routes::new(deliver::server(state.sessions.clone()));
+    let grpc_server = tokio::spawn(parley::grpc::serve(
+        grpc,
+        routes,
+        deliver::NAMES,
+        backends,
+        shutdown.clone(),
+    ));
+    let app = rest::router(state);
+    let http_result = axum::serve(http, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    let _ = heartbeat.await;
+    let _ = announcer.await;
+    if let Ok(Err(e)) = grpc_server.await {
+        return Err(e.into());
+    }
+    Ok(http_result?)
+}

@@ -1,0 +1,71 @@
+//! What every handler of an edge shares.
+
+use crate::sessions::SessionTable;
+use parley::ApiError;
+use parley::config::Liveness;
+use parley::discovery::{Discovery, kind};
+use parley::proto::auth_service_client::AuthServiceClient;
+use parley::proto::chat_service_client::ChatServiceClient;
+use parley::proto::presence_service_client::PresenceServiceClient;
+use tonic::transport::Channel;
+
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// This edge's id in the registry and in `connected.node`.
+    pub node_id: String,
+    pub liveness: Liveness,
+    /// Time a new socket has to send `join`.
+    pub join_timeout: std::time::Duration,
+}
+
+impl EdgeConfig {
+    pub fn new(node_id: impl Into<String>) -> Self {
+        Self {
+            node_id: node_id.into(),
+            liveness: Liveness::default(),
+            join_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EdgeState {
+    pub config: EdgeConfig,
+    pub discovery: Discovery,
+    pub sessions: SessionTable,
+    /// Cancelled when the edge shuts down: sessions close with 4002.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl EdgeState {
+    pub fn new(
+        config: EdgeConfig,
+        discovery: Discovery,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        Self {
+            config,
+            discovery,
+            sessions: SessionTable::default(),
+            shutdown,
+        }
+    }
+
+    pub async fn auth(&self) -> Result<AuthServiceClient<Channel>, ApiError> {
+        Ok(AuthServiceClient::new(
+            self.discovery.channel(kind::AUTH).await?,
+        ))
+    }
+
+    pub async fn chat(&self) -> Result<ChatServiceClient<Channel>, ApiError> {
+        Ok(ChatServiceClient::new(
+            self.discovery.channel(kind::CHAT).await?,
+        ))
+    }
+
+    pub async fn presence(&self) -> Result<PresenceServiceClient<Channel>, ApiError> {
+        Ok(PresenceServiceClient::new(
+            self.discovery.channel(kind::PRESENCE).await?,
+        ))
+    }
+}

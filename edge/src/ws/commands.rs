@@ -1,0 +1,234 @@
+//! One client frame in, the frames to answer with out. Each command is one
+//! gRPC call to the service that owns it; errors become `error` frames with
+//! the frame's `ref`, and the connection stays usable.
+
+use crate::state::EdgeState;
+use governor::clock::DefaultClock;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use parley::ids::ConversationId;
+use parley::proto::{
+    HistoryRequest, MarkReceiptRequest, ReceiptKind, SendMessageRequest, SetStatusRequest,
+    SyncRequest, TypingRequest, User,
+};
+use parley::protocol::{ClientFrame, decode, message_json, server};
+use parley::{ApiError, ErrorCode};
+use serde_json::json;
+use std::num::NonZeroU32;
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+
+/// Frames per second a connection may send, with a burst allowance; beyond
+/// it frames are refused with `rate_limited` and not processed.
+const FRAMES_PER_SECOND: u32 = 30;
+const FRAME_BURST: u32 = 60;
+/// Typing events are cheap for the sender and fan out to every member.
+const TYPING_PER_SECOND: u32 = 3;
+const TYPING_BURST: u32 = 6;
+
+fn limiter(per_second: u32, burst: u32) -> Limiter {
+    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+}
+
+/// The joined state of one connection.
+pub struct Connection {
+    state: EdgeState,
+    user: User,
+    frames: Limiter,
+    typing: Limiter,
+}
+
+impl Connection {
+    pub fn new(state: EdgeState, user: User) -> Self {
+        Self {
+            state,
+            user,
+            frames: limiter(FRAMES_PER_SECOND, FRAME_BURST),
+            typing: limiter(TYPING_PER_SECOND, TYPING_BURST),
+        }
+    }
+
+    /// Handles one text frame; answers the frames to write back, in order.
+    pub async fn handle(&mut self, text: &str) -> Vec<String> {
+        metrics::counter!("parley_edge_frames_received_total").increment(1);
+        let envelope = match decode(text) {
+            Ok(e) => e,
+            Err(bad) => return vec![server::error(bad.reference.as_deref(), &bad.error)],
+        };
+        let reference = envelope.reference.as_deref();
+        if self.frames.check().is_err() {
+            let err = ApiError::new(ErrorCode::RateLimited, "too many frames, slow down");
+            return vec![server::error(reference, &err)];
+        }
+        match self.dispatch(envelope.frame, reference).await {
+            Ok(frames) => frames,
+            Err(e) => vec![server::error(reference, &e)],
+        }
+    }
+
+    async fn dispatch(
+        &mut self,
+        frame: ClientFrame,
+        reference: Option<&str>,
+    ) -> Result<Vec<String>, ApiError> {
+        let me = self.user.id.clone();
+        match frame {
+            ClientFrame::Join { .. } => Err(ApiError::invalid("already joined")),
+            ClientFrame::SendMessage {
+                to,
+                conversation_id,
+                client_msg_id,
+                body,
+            } => {
+                let reply = self
+                    .state
+                    .chat()
+                    .await?
+                    .send_message(SendMessageRequest {
+                        user_id: me,
+                        to: to.unwrap_or_default(),
+                        conversation_id: conversation_id.unwrap_or_default(),
+                        client_msg_id: client_msg_id.unwrap_or_default(),
+                        body,
+                    })
+                    .await?
+                    .into_inner();
+                let m = reply
+                    .message
+                    .ok_or_else(|| ApiError::new(ErrorCode::Internal, "empty reply"))?;
+                Ok(vec![server::ack(
+                    reference,
+                    json!({"message": {
+                        "id": m.id,
+                        "conversation_id": m.conversation_id,
+                        "client_msg_id": m.client_msg_id,
+                        "sent_at": m.sent_at_ms,
+                    }}),
+                )])
+            }
+            ClientFrame::MarkDelivered {
+                conversation_id,
+                up_to_seq,
+            } => {
+                self.mark(conversation_id, ReceiptKind::Delivered, up_to_seq)
+                    .await?;
+                Ok(ack_if_asked(reference))
+            }
+            ClientFrame::MarkRead {
+                conversation_id,
+                up_to_seq,
+            } => {
+                self.mark(conversation_id, ReceiptKind::Read, up_to_seq)
+                    .await?;
+                Ok(ack_if_asked(reference))
+            }
+            ClientFrame::Typing {
+                to,
+                conversation_id,
+                state,
+            } => {
+                if self.typing.check().is_err() {
+                    return Err(ApiError::new(
+                        ErrorCode::RateLimited,
+                        "typing events are rate limited",
+                    ));
+                }
+                self.state
+                    .chat()
+                    .await?
+                    .typing(TypingRequest {
+                        user_id: me,
+                        to: to.unwrap_or_default(),
+                        conversation_id: conversation_id.unwrap_or_default(),
+                        state: state.as_str().to_owned(),
+                    })
+                    .await?;
+                Ok(ack_if_asked(reference))
+            }
+            ClientFrame::Sync { since } => {
+                let reply = self
+                    .state
+                    .chat()
+                    .await?
+                    .sync(SyncRequest {
+                        user_id: me,
+                        since: since.into_iter().collect(),
+                        limit_per_conversation: 0,
+                    })
+                    .await?
+                    .into_inner();
+                let mut frames: Vec<String> =
+                    reply.messages.iter().map(server::new_message).collect();
+                frames.push(server::ack(
+                    reference,
+                    json!({"truncated": reply.truncated}),
+                ));
+                Ok(frames)
+            }
+            ClientFrame::History {
+                conversation_id,
+                before_seq,
+                limit,
+            } => {
+                let conversation_id = ConversationId::parse(&conversation_id)?.into_string();
+                let reply = self
+                    .state
+                    .chat()
+                    .await?
+                    .history(HistoryRequest {
+                        user_id: me,
+                        conversation_id,
+                        before_seq: before_seq.unwrap_or(0),
+                        limit: limit.unwrap_or(0),
+                    })
+                    .await?
+                    .into_inner();
+                let messages: Vec<_> = reply.messages.iter().map(message_json).collect();
+                Ok(vec![server::ack(
+                    reference,
+                    json!({"messages": messages, "has_more": reply.has_more}),
+                )])
+            }
+            ClientFrame::SetStatus { status } => {
+                self.state
+                    .presence()
+                    .await?
+                    .set_status(SetStatusRequest {
+                        user_id: me,
+                        status,
+                    })
+                    .await?;
+                Ok(ack_if_asked(reference))
+            }
+            ClientFrame::Ping {} => Ok(vec![server::ack(reference, json!({}))]),
+        }
+    }
+
+    async fn mark(
+        &self,
+        conversation_id: String,
+        kind: ReceiptKind,
+        up_to_seq: u64,
+    ) -> Result<(), ApiError> {
+        let conversation_id = ConversationId::parse(&conversation_id)?.into_string();
+        self.state
+            .chat()
+            .await?
+            .mark_receipt(MarkReceiptRequest {
+                user_id: self.user.id.clone(),
+                conversation_id,
+                kind: kind as i32,
+                up_to_seq,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn ack_if_asked(reference: Option<&str>) -> Vec<String> {
+    reference
+        .map(|r| vec![server::ack(Some(r), json!({}))])
+        .unwrap_or_default()
+}

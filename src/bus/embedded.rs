@@ -1,0 +1,479 @@
+//! The embedded event bus: Kafka's semantics in one process, persisted in a
+//! redb file under the data directory.
+//!
+//! One writer thread owns every write transaction. Publishes that arrive
+//! while a commit is in flight are gathered into the next transaction (group
+//! commit), so durability costs one fsync per batch, not per message.
+//! Consumers read committed records straight from the file and sleep on a
+//! per-topic watch channel until the writer announces new records.
+
+use super::{BusError, EventBus, Record, Subscription, Topic, partition_for};
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use tokio::sync::{oneshot, watch};
+
+/// (topic, partition, offset) → (key, payload).
+const LOG: TableDefinition<(u8, u32, u64), (&str, &[u8])> = TableDefinition::new("log");
+/// (group, topic, partition) → next offset to consume.
+const OFFSETS: TableDefinition<(&str, u8, u32), u64> = TableDefinition::new("offsets");
+
+/// Most operations folded into one write transaction.
+const MAX_GROUP_COMMIT: usize = 1024;
+
+#[derive(Clone)]
+pub struct EmbeddedBus {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBus")
+            .field("partitions", &self.inner.partitions)
+            .finish()
+    }
+}
+
+struct Inner {
+    db: Arc<Database>,
+    partitions: u32,
+    writer: Mutex<Option<mpsc::Sender<WriteOp>>>,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Next offset per (topic, partition): everything below is readable.
+    heads: Arc<Mutex<HashMap<(Topic, u32), u64>>>,
+    /// Bumped after every commit that added records to the topic.
+    versions: Arc<HashMap<Topic, watch::Sender<u64>>>,
+    groups: Mutex<HashMap<(String, Topic), Group>>,
+    next_member: Mutex<u64>,
+}
+
+struct Group {
+    members: Vec<u64>,
+    generation: watch::Sender<u64>,
+}
+
+enum WriteOp {
+    Publish {
+        topic: Topic,
+        key: String,
+        payload: Bytes,
+        done: oneshot::Sender<Result<(), BusError>>,
+    },
+    Commit {
+        group: String,
+        topic: Topic,
+        offsets: Vec<(u32, u64)>,
+        done: oneshot::Sender<Result<(), BusError>>,
+    },
+}
+
+fn storage(e: impl std::fmt::Display) -> BusError {
+    BusError::Storage(e.to_string())
+}
+
+impl EmbeddedBus {
+    /// Opens (or creates) `bus.redb` in `dir` with `partitions` per topic.
+    pub fn open(dir: &Path, partitions: u32) -> Result<Self, BusError> {
+        let partitions = partitions.max(1);
+        std::fs::create_dir_all(dir).map_err(storage)?;
+        let db = Arc::new(Database::create(dir.join("bus.redb")).map_err(storage)?);
+        let mut heads = HashMap::new();
+        {
+            let txn = db.begin_write().map_err(storage)?;
+            txn.open_table(LOG).map_err(storage)?;
+            txn.open_table(OFFSETS).map_err(storage)?;
+            txn.commit().map_err(storage)?;
+            let txn = db.begin_read().map_err(storage)?;
+            let log = txn.open_table(LOG).map_err(storage)?;
+            for topic in Topic::ALL {
+                for p in 0..partitions {
+                    let t = topic.index();
+                    let last = log
+                        .range((t, p, 0)..=(t, p, u64::MAX))
+                        .map_err(storage)?
+                        .next_back()
+                        .transpose()
+                        .map_err(storage)?
+                        .map(|(k, _)| k.value().2 + 1)
+                        .unwrap_or(0);
+                    heads.insert((topic, p), last);
+                }
+            }
+        }
+        let heads = Arc::new(Mutex::new(heads));
+        let versions: Arc<HashMap<Topic, watch::Sender<u64>>> = Arc::new(
+            Topic::ALL
+                .into_iter()
+                .map(|t| (t, watch::Sender::new(0)))
+                .collect(),
+        );
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            db: db.clone(),
+            partitions,
+            heads: heads.clone(),
+            versions: versions.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("parley-bus-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(storage)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                partitions,
+                writer: Mutex::new(Some(tx)),
+                writer_thread: Mutex::new(Some(thread)),
+                heads,
+                versions,
+                groups: Mutex::new(HashMap::new()),
+                next_member: Mutex::new(0),
+            }),
+        })
+    }
+
+    fn send(&self, op: WriteOp) -> Result<(), BusError> {
+        let guard = self.inner.writer.lock().map_err(|_| BusError::Closed)?;
+        guard
+            .as_ref()
+            .ok_or(BusError::Closed)?
+            .send(op)
+            .map_err(|_| BusError::Closed)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer loop; joining it releases the
+        // file lock, so the same data directory can be opened again at once.
+        if let Ok(mut writer) = self.writer.lock() {
+            writer.take();
+        }
+        if let Some(thread) = self.writer_thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Writer {
+    db: Arc<Database>,
+    partitions: u32,
+    heads: Arc<Mutex<HashMap<(Topic, u32), u64>>>,
+    versions: Arc<HashMap<Topic, watch::Sender<u64>>>,
+}
+
+impl Writer {
+    fn run(self, rx: mpsc::Receiver<WriteOp>) {
+        while let Ok(first) = rx.recv() {
+            let mut ops = vec![first];
+            while ops.len() < MAX_GROUP_COMMIT {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.apply(ops);
+        }
+    }
+
+    fn apply(&self, ops: Vec<WriteOp>) {
+        let mut next = match self.heads.lock() {
+            Ok(h) => h.clone(),
+            Err(_) => return,
+        };
+        let result = self.write(&ops, &mut next);
+        let touched: Vec<Topic> = match &result {
+            Ok(()) => {
+                let mut touched: Vec<Topic> = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        WriteOp::Publish { topic, .. } => Some(*topic),
+                        WriteOp::Commit { .. } => None,
+                    })
+                    .collect();
+                touched.sort();
+                touched.dedup();
+                if let Ok(mut heads) = self.heads.lock() {
+                    *heads = next;
+                }
+                touched
+            }
+            Err(_) => Vec::new(),
+        };
+        for topic in touched {
+            if let Some(v) = self.versions.get(&topic) {
+                v.send_modify(|n| *n += 1);
+            }
+        }
+        for op in ops {
+            let done = match op {
+                WriteOp::Publish { done, .. } | WriteOp::Commit { done, .. } => done,
+            };
+            let _ = done.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(BusError::Storage(e.clone())),
+            });
+        }
+    }
+
+    fn write(&self, ops: &[WriteOp], next: &mut HashMap<(Topic, u32), u64>) -> Result<(), String> {
+        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        let publishes = ops.iter().any(|op| matches!(op, WriteOp::Publish { .. }));
+        // Offsets alone need no fsync of their own: they become durable with
+        // the next publish, and losing one only replays records, which every
+        // consumer handles (at-least-once).
+        let durability = if publishes {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        txn.set_durability(durability).map_err(|e| e.to_string())?;
+        {
+            let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
+            let mut offsets = txn.open_table(OFFSETS).map_err(|e| e.to_string())?;
+            for op in ops {
+                match op {
+                    WriteOp::Publish {
+                        topic,
+                        key,
+                        payload,
+                        ..
+                    } => {
+                        let p = partition_for(key, self.partitions);
+                        let offset = next.entry((*topic, p)).or_insert(0);
+                        log.insert((topic.index(), p, *offset), (key.as_str(), &payload[..]))
+                            .map_err(|e| e.to_string())?;
+                        *offset += 1;
+                    }
+                    WriteOp::Commit {
+                        group,
+                        topic,
+                        offsets: list,
+                        ..
+                    } => {
+                        for (p, o) in list {
+                            let key = (group.as_str(), topic.index(), *p);
+                            let current = offsets
+                                .get(key)
+                                .map_err(|e| e.to_string())?
+                                .map(|v| v.value())
+                                .unwrap_or(0);
+                            if *o > current {
+                                offsets.insert(key, *o).map_err(|e| e.to_string())?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait]
+impl EventBus for EmbeddedBus {
+    async fn publish(&self, topic: Topic, key: &str, payload: Bytes) -> Result<(), BusError> {
+        let (done, rx) = oneshot::channel();
+        self.send(WriteOp::Publish {
+            topic,
+            key: key.to_owned(),
+            payload,
+            done,
+        })?;
+        rx.await.map_err(|_| BusError::Closed)?
+    }
+
+    async fn subscribe(
+        &self,
+        group: &str,
+        topic: Topic,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        let member = {
+            let mut n = self
+                .inner
+                .next_member
+                .lock()
+                .map_err(|_| BusError::Closed)?;
+            *n += 1;
+            *n
+        };
+        let generation = {
+            let mut groups = self.inner.groups.lock().map_err(|_| BusError::Closed)?;
+            let g = groups
+                .entry((group.to_owned(), topic))
+                .or_insert_with(|| Group {
+                    members: Vec::new(),
+                    generation: watch::Sender::new(0),
+                });
+            g.members.push(member);
+            g.generation.send_modify(|n| *n += 1);
+            g.generation.subscribe()
+        };
+        let version = self
+            .inner
+            .versions
+            .get(&topic)
+            .ok_or(BusError::Closed)?
+            .subscribe();
+        Ok(Box::new(EmbeddedSubscription {
+            bus: self.clone(),
+            group: group.to_owned(),
+            topic,
+            member,
+            generation,
+            assigned: false,
+            version,
+            positions: HashMap::new(),
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        let guard = self.inner.writer.lock().map_err(|_| BusError::Closed)?;
+        guard.as_ref().map(|_| ()).ok_or(BusError::Closed)
+    }
+}
+
+struct EmbeddedSubscription {
+    bus: EmbeddedBus,
+    group: String,
+    topic: Topic,
+    member: u64,
+    generation: watch::Receiver<u64>,
+    assigned: bool,
+    version: watch::Receiver<u64>,
+    /// Owned partitions and the next offset to hand out for each.
+    positions: HashMap<u32, u64>,
+}
+
+impl EmbeddedSubscription {
+    /// Takes this member's share of the partitions (round-robin by join
+    /// order) and resumes each from its committed offset.
+    fn rebalance(&mut self) -> Result<(), BusError> {
+        self.generation.borrow_and_update();
+        let members = {
+            let groups = self.bus.inner.groups.lock().map_err(|_| BusError::Closed)?;
+            groups
+                .get(&(self.group.clone(), self.topic))
+                .map(|g| g.members.clone())
+                .unwrap_or_default()
+        };
+        let index = members.iter().position(|m| *m == self.member).unwrap_or(0);
+        let count = members.len().max(1);
+        let txn = self.bus.inner.db.begin_read().map_err(storage)?;
+        let offsets = txn.open_table(OFFSETS).map_err(storage)?;
+        self.positions.clear();
+        for p in 0..self.bus.inner.partitions {
+            if (p as usize) % count == index {
+                let committed = offsets
+                    .get((self.group.as_str(), self.topic.index(), p))
+                    .map_err(storage)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                self.positions.insert(p, committed);
+            }
+        }
+        self.assigned = true;
+        Ok(())
+    }
+
+    fn read(&mut self, max: usize) -> Result<Vec<Record>, BusError> {
+        let heads = self
+            .bus
+            .inner
+            .heads
+            .lock()
+            .map_err(|_| BusError::Closed)?
+            .clone();
+        let txn = self.bus.inner.db.begin_read().map_err(storage)?;
+        let log = txn.open_table(LOG).map_err(storage)?;
+        let t = self.topic.index();
+        let mut out = Vec::new();
+        let mut partitions: Vec<u32> = self.positions.keys().copied().collect();
+        partitions.sort_unstable();
+        for p in partitions {
+            let head = heads.get(&(self.topic, p)).copied().unwrap_or(0);
+            let Some(pos) = self.positions.get_mut(&p) else {
+                continue;
+            };
+            if *pos >= head || out.len() >= max {
+                continue;
+            }
+            for entry in log.range((t, p, *pos)..(t, p, head)).map_err(storage)? {
+                let (k, v) = entry.map_err(storage)?;
+                let (key, payload) = v.value();
+                out.push(Record {
+                    topic: self.topic,
+                    partition: p,
+                    offset: k.value().2,
+                    key: key.to_owned(),
+                    payload: Bytes::copy_from_slice(payload),
+                });
+                *pos = k.value().2 + 1;
+                if out.len() >= max {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Subscription for EmbeddedSubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, BusError> {
+        loop {
+            if !self.assigned || self.generation.has_changed().unwrap_or(false) {
+                self.rebalance()?;
+            }
+            // Mark the current version seen before reading, so a publish that
+            // lands after the read still wakes us.
+            self.version.borrow_and_update();
+            let batch = self.read(max.max(1))?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            tokio::select! {
+                changed = self.version.changed() => changed.map_err(|_| BusError::Closed)?,
+                changed = self.generation.changed() => changed.map_err(|_| BusError::Closed)?,
+            }
+        }
+    }
+
+    async fn commit(&mut self, records: &[Record]) -> Result<(), BusError> {
+        let mut offsets: HashMap<u32, u64> = HashMap::new();
+        for r in records {
+            // A partition taken away by a rebalance is its new owner's to
+            // commit; like Kafka, a stale member's commit is dropped.
+            if self.positions.contains_key(&r.partition) {
+                let next = offsets.entry(r.partition).or_insert(0);
+                *next = (*next).max(r.offset + 1);
+            }
+        }
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let (done, rx) = oneshot::channel();
+        self.bus.send(WriteOp::Commit {
+            group: self.group.clone(),
+            topic: self.topic,
+            offsets: offsets.into_iter().collect(),
+            done,
+        })?;
+        rx.await.map_err(|_| BusError::Closed)?
+    }
+}
+
+impl Drop for EmbeddedSubscription {
+    fn drop(&mut self) {
+        if let Ok(mut groups) = self.bus.inner.groups.lock()
+            && let Some(g) = groups.get_mut(&(self.group.clone(), self.topic))
+        {
+            g.members.retain(|m| *m != self.member);
+            g.generation.send_modify(|n| *n += 1);
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The event bus: topics split into partitions by key, consumer groups that
+//! share a topic's partitions, offsets committed after processing.
+//!
+//! Shaped like Kafka on purpose (the real backend is Kafka), but the trait
+//! speaks only of what the chat needs: publish an event for a key durably,
+//! and consume a topic as a member of a group, at least once.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// The topics Parley uses; names are those of the seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    /// Messages and receipts, keyed by conversation id.
+    ChatMessages,
+    /// Presence changes, keyed by user id.
+    UserPresence,
+    /// Messages for users with no live session, keyed by user id.
+    PushNotifications,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 3] = [
+        Topic::ChatMessages,
+        Topic::UserPresence,
+        Topic::PushNotifications,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ChatMessages => "chat-messages",
+            Self::UserPresence => "user-presence",
+            Self::PushNotifications => "push-notifications",
+        }
+    }
+
+    fn index(self) -> u8 {
+        match self {
+            Self::ChatMessages => 0,
+            Self::UserPresence => 1,
+            Self::PushNotifications => 2,
+        }
+    }
+}
+
+/// One consumed event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: Topic,
+    pub partition: u32,
+    pub offset: u64,
+    pub key: String,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("event bus unavailable: {0}")]
+    Unavailable(String),
+    #[error("event bus storage failed: {0}")]
+    Storage(String),
+    #[error("event bus is shut down")]
+    Closed,
+}
+
+impl From<BusError> for crate::ApiError {
+    fn from(err: BusError) -> Self {
+        tracing::warn!(error = %err, "bus error");
+        crate::ApiError::unavailable("message bus unavailable, try again")
+    }
+}
+
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Appends an event to the partition of `key`. When this returns `Ok`, the
+    /// event is durable: it will be consumed even if this process dies now.
+    async fn publish(&self, topic: Topic, key: &str, payload: Bytes) -> Result<(), BusError>;
+
+    /// Joins `group` on `topic`. Members of one group split the partitions
+    /// between them; each partition is consumed in order by one member.
+    async fn subscribe(&self, group: &str, topic: Topic)
+    -> Result<Box<dyn Subscription>, BusError>;
+
+    /// Answers whether the bus can take writes now (for readiness).
+    async fn ping(&self) -> Result<(), BusError>;
+}
+
+#[async_trait]
+pub trait Subscription: Send {
+    /// Waits for records of the partitions this member owns, at most `max`,
+    /// in partition order. Records not committed are delivered again after a
+    /// rebalance or a restart.
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, BusError>;
+
+    /// Marks `records` (and everything before them in their partitions)
+    /// processed.
+    async fn commit(&mut self, records: &[Record]) -> Result<(), BusError>;
+}
+
+/// Kafka's default partitioner hashes keys with murmur2; any stable hash
+/// serves the embedded bus, as long as one key always maps to one partition.
+pub fn partition_for(key: &str, partitions: u32) -> u32 {
+    // FNV-1a: stable across runs and platforms, unlike `DefaultHasher`.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    u32::try_from(hash % u64::from(partitions.max(1))).unwrap_or(0)
+}

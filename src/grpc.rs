@@ -1,0 +1,70 @@
+//! Serving a role's gRPC API: every server also serves reflection (so
+//! `grpcurl` can list and call it) and health, which reports NOT_SERVING
+//! until the role's backends answer and whenever they stop answering.
+
+use crate::backends::Backends;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC reflection set-up failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `routes` (the role's services) plus reflection and health on
+/// `listener` until `shutdown`. `names` are the fully qualified service
+/// names whose health follows the backends.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    names: &'static [&'static str],
+    backends: Backends,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let watcher = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(2));
+            let mut last = None;
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    () = shutdown.cancelled() => break,
+                }
+                let status = match backends.check().await {
+                    Ok(()) => ServingStatus::Serving,
+                    Err(cause) => {
+                        tracing::warn!(%cause, "backend check failed; gRPC health is NOT_SERVING");
+                        ServingStatus::NotServing
+                    }
+                };
+                if last != Some(status) {
+                    for name in std::iter::once(&"").chain(names) {
+                        reporter.set_service_status(*name, status).await;
+                    }
+                    last = Some(status);
+                }
+            }
+        }
+    });
+    let routes = routes.add_service(reflection).add_service(health);
+    let result = Server::builder()
+        .tcp_nodelay(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await;
+    watcher.abort();
+    Ok(result?)
+}

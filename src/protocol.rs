@@ -1,0 +1,322 @@
+//! The browser-facing protocol: JSON text frames over `/ws`, each with a
+//! `type`. Names here are the public contract of `DESIGN.md`.
+//!
+//! Client frames are decoded in two steps so a bad frame still gets its
+//! `ref` echoed: first as loose JSON (to read `type` and `ref`), then into the
+//! typed [`ClientFrame`]. Fields a client may not set (`from`, `seq`, `id`)
+//! are simply not part of the typed frames and are ignored.
+
+use crate::error::ApiError;
+use crate::proto;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+/// Largest text frame the edge accepts; larger ones get `too_large`.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Longest message body, in characters.
+pub const MAX_BODY_CHARS: usize = 4000;
+
+/// A decoded client frame with its optional correlation `ref`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub reference: Option<String>,
+    pub frame: ClientFrame,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Join {
+        token: String,
+    },
+    SendMessage {
+        #[serde(default)]
+        to: Option<String>,
+        #[serde(default)]
+        conversation_id: Option<String>,
+        #[serde(default)]
+        client_msg_id: Option<String>,
+        body: String,
+    },
+    MarkDelivered {
+        conversation_id: String,
+        up_to_seq: u64,
+    },
+    MarkRead {
+        conversation_id: String,
+        up_to_seq: u64,
+    },
+    Typing {
+        #[serde(default)]
+        to: Option<String>,
+        #[serde(default)]
+        conversation_id: Option<String>,
+        state: TypingState,
+    },
+    Sync {
+        #[serde(default)]
+        since: HashMap<String, u64>,
+    },
+    History {
+        conversation_id: String,
+        #[serde(default)]
+        before_seq: Option<u64>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    SetStatus {
+        status: String,
+    },
+    Ping {},
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TypingState {
+    Start,
+    Stop,
+}
+
+impl TypingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Stop => "stop",
+        }
+    }
+}
+
+/// Why a text frame could not be decoded; the `ref` is kept when readable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeError {
+    pub reference: Option<String>,
+    pub error: ApiError,
+}
+
+/// Decodes one text frame.
+pub fn decode(text: &str) -> Result<Envelope, DecodeError> {
+    if text.len() > MAX_FRAME_BYTES {
+        return Err(DecodeError {
+            reference: None,
+            error: ApiError::new(crate::ErrorCode::TooLarge, "frame exceeds 64 KiB"),
+        });
+    }
+    let value: Value = serde_json::from_str(text).map_err(|e| DecodeError {
+        reference: None,
+        error: ApiError::invalid(format!("invalid JSON: {e}")),
+    })?;
+    let reference = match value.get("ref") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(r)) if r.len() <= 128 => Some(r.clone()),
+        Some(_) => {
+            return Err(DecodeError {
+                reference: None,
+                error: ApiError::invalid("ref must be a string of at most 128 bytes"),
+            });
+        }
+    };
+    let kind = match value.get("type") {
+        Some(Value::String(kind)) => kind.clone(),
+        _ => {
+            return Err(DecodeError {
+                reference,
+                error: ApiError::invalid("frame has no string `type`"),
+            });
+        }
+    };
+    match serde_json::from_value::<ClientFrame>(value) {
+        Ok(frame) => Ok(Envelope { reference, frame }),
+        Err(e) => {
+            let message = if e.to_string().starts_with("unknown variant") {
+                format!("unknown frame type `{kind}`")
+            } else {
+                format!("bad `{kind}` frame: {e}")
+            };
+            Err(DecodeError {
+                reference,
+                error: ApiError::invalid(message),
+            })
+        }
+    }
+}
+
+/// The JSON form of a message, as in `new_message` and `history`.
+pub fn message_json(m: &proto::ChatMessage) -> Value {
+    json!({
+        "id": m.id,
+        "conversation_id": m.conversation_id,
+        "seq": m.seq,
+        "from": m.from,
+        "body": m.body,
+        "sent_at": m.sent_at_ms,
+        "client_msg_id": m.client_msg_id,
+    })
+}
+
+pub fn user_json(u: &proto::User) -> Value {
+    json!({"id": u.id, "username": u.username, "display_name": u.display_name})
+}
+
+/// Builders for server frames. Each returns the encoded text, so a frame
+/// fanned out to many sessions is serialized once.
+pub mod server {
+    use super::*;
+
+    fn encode(value: Value) -> String {
+        value.to_string()
+    }
+
+    fn with_ref(mut value: Value, reference: Option<&str>) -> Value {
+        if let (Some(r), Some(obj)) = (reference, value.as_object_mut()) {
+            obj.insert("ref".into(), Value::String(r.to_owned()));
+        }
+        value
+    }
+
+    pub fn connected(user: &proto::User, session_id: &str, node: &str) -> String {
+        encode(json!({
+            "type": "connected",
+            "user": user_json(user),
+            "session_id": session_id,
+            "node": node,
+        }))
+    }
+
+    pub fn new_message(m: &proto::ChatMessage) -> String {
+        encode(json!({"type": "new_message", "message": message_json(m)}))
+    }
+
+    /// `message_delivered` or `message_read`.
+    pub fn receipt(r: &proto::ReceiptEvent) -> String {
+        let kind = if r.kind == proto::ReceiptKind::Read as i32 {
+            "message_read"
+        } else {
+            "message_delivered"
+        };
+        encode(json!({
+            "type": kind,
+            "conversation_id": r.conversation_id,
+            "up_to_seq": r.up_to_seq,
+            "by": r.user_id,
+            "at": r.at_ms,
+        }))
+    }
+
+    pub fn typing(conversation_id: &str, from: &str, state: &str) -> String {
+        encode(json!({
+            "type": "typing",
+            "conversation_id": conversation_id,
+            "from": from,
+            "state": state,
+        }))
+    }
+
+    /// `user_joined`, `user_left` or `presence`, from a presence change.
+    pub fn presence(p: &proto::PresenceEvent) -> String {
+        let was_online = !matches!(p.previous_status.as_str(), "" | "offline");
+        match p.status.as_str() {
+            "offline" => encode(json!({
+                "type": "user_left",
+                "user_id": p.user_id,
+                "last_seen": p.last_seen_ms,
+            })),
+            status if !was_online => encode(json!({
+                "type": "user_joined",
+                "user_id": p.user_id,
+                "status": status,
+            })),
+            status => encode(json!({
+                "type": "presence",
+                "user_id": p.user_id,
+                "status": status,
+                "last_seen": p.last_seen_ms,
+            })),
+        }
+    }
+
+    pub fn user_joined(user_id: &str, status: &str) -> String {
+        encode(json!({"type": "user_joined", "user_id": user_id, "status": status}))
+    }
+
+    /// A bare `ack`, or one carrying extra fields (`message`, `messages`).
+    pub fn ack(reference: Option<&str>, extra: Value) -> String {
+        let mut value = json!({"type": "ack"});
+        if let (Some(obj), Value::Object(extra)) = (value.as_object_mut(), extra) {
+            obj.extend(extra);
+        }
+        encode(with_ref(value, reference))
+    }
+
+    pub fn error(reference: Option<&str>, err: &ApiError) -> String {
+        encode(with_ref(
+            json!({"type": "error", "code": err.code.as_str(), "message": err.message}),
+            reference,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+
+    #[test]
+    fn send_message_ignores_server_owned_fields() {
+        let env = decode(
+            r#"{"type":"send_message","ref":"r1","to":"u2","client_msg_id":"c1","body":"hi","from":"evil","seq":99,"id":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(env.reference.as_deref(), Some("r1"));
+        assert_eq!(
+            env.frame,
+            ClientFrame::SendMessage {
+                to: Some("u2".into()),
+                conversation_id: None,
+                client_msg_id: Some("c1".into()),
+                body: "hi".into()
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_type_keeps_ref() {
+        let err = decode(r#"{"type":"launch_missiles","ref":"r9"}"#).unwrap_err();
+        assert_eq!(err.reference.as_deref(), Some("r9"));
+        assert_eq!(err.error.code, ErrorCode::Invalid);
+        assert!(err.error.message.contains("launch_missiles"));
+    }
+
+    #[test]
+    fn wrong_field_types_and_operators_are_invalid() {
+        for text in [
+            r#"{"type":"send_message","to":{"$ne":null},"body":"x"}"#,
+            r#"{"type":"mark_read","conversation_id":"c","up_to_seq":"7"}"#,
+            r#"{"type":"join","token":42}"#,
+            r#"not json"#,
+            r#"[1,2]"#,
+        ] {
+            assert_eq!(
+                decode(text).unwrap_err().error.code,
+                ErrorCode::Invalid,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_too_large() {
+        let body = "x".repeat(MAX_FRAME_BYTES);
+        let text = format!(r#"{{"type":"send_message","to":"u","body":"{body}"}}"#);
+        assert_eq!(decode(&text).unwrap_err().error.code, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn ack_echoes_ref_and_extra_fields() {
+        let text = server::ack(Some("r1"), json!({"messages": []}));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["type"], "ack");
+        assert_eq!(v["ref"], "r1");
+        assert!(v["messages"].is_array());
+    }
+}

@@ -1,0 +1,185 @@
+//! The in-process registry: maps behind one mutex, entries expiring lazily.
+//!
+//! One `std::sync::Mutex` is enough: every operation is a few map lookups
+//! with no await inside, far shorter than the network calls around them.
+
+use super::{PresenceRecord, Registry, RegistryError, ServiceEntry, SessionEntry};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Debug, Default)]
+pub struct MemoryRegistry {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    services: HashMap<(String, String), (ServiceEntry, Instant)>,
+    /// user → session id → (entry, expiry)
+    sessions: HashMap<String, HashMap<String, (SessionEntry, Instant)>>,
+    presence: HashMap<String, PresenceRecord>,
+    claims: HashMap<String, (String, Instant)>,
+}
+
+impl MemoryRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, RegistryError> {
+        self.state
+            .lock()
+            .map_err(|_| RegistryError::Unavailable("registry lock poisoned".into()))
+    }
+}
+
+fn live_sessions<'a>(
+    state: &'a mut State,
+    user: &str,
+    now: Instant,
+) -> Option<&'a mut HashMap<String, (SessionEntry, Instant)>> {
+    let sessions = state.sessions.get_mut(user)?;
+    sessions.retain(|_, (_, expiry)| *expiry > now);
+    Some(sessions)
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    async fn register_service(
+        &self,
+        entry: &ServiceEntry,
+        ttl: Duration,
+    ) -> Result<(), RegistryError> {
+        let mut state = self.lock()?;
+        state.services.insert(
+            (entry.kind.clone(), entry.id.clone()),
+            (entry.clone(), Instant::now() + ttl),
+        );
+        Ok(())
+    }
+
+    async fn deregister_service(&self, kind: &str, id: &str) -> Result<(), RegistryError> {
+        self.lock()?
+            .services
+            .remove(&(kind.to_owned(), id.to_owned()));
+        Ok(())
+    }
+
+    async fn services(&self, kind: Option<&str>) -> Result<Vec<ServiceEntry>, RegistryError> {
+        let now = Instant::now();
+        let mut state = self.lock()?;
+        state.services.retain(|_, (_, expiry)| *expiry > now);
+        let mut out: Vec<ServiceEntry> = state
+            .services
+            .values()
+            .filter(|(e, _)| kind.is_none_or(|k| e.kind == k))
+            .map(|(e, _)| e.clone())
+            .collect();
+        out.sort_by(|a, b| (&a.kind, &a.id).cmp(&(&b.kind, &b.id)));
+        Ok(out)
+    }
+
+    async fn add_session(
+        &self,
+        session: &SessionEntry,
+        ttl: Duration,
+    ) -> Result<usize, RegistryError> {
+        let now = Instant::now();
+        let mut state = self.lock()?;
+        let sessions = state.sessions.entry(session.user_id.clone()).or_default();
+        sessions.retain(|_, (_, expiry)| *expiry > now);
+        sessions.insert(session.session_id.clone(), (session.clone(), now + ttl));
+        Ok(sessions.len())
+    }
+
+    async fn remove_session(&self, session: &SessionEntry) -> Result<usize, RegistryError> {
+        let now = Instant::now();
+        let mut state = self.lock()?;
+        let left = match live_sessions(&mut state, &session.user_id, now) {
+            Some(sessions) => {
+                sessions.remove(&session.session_id);
+                sessions.len()
+            }
+            None => 0,
+        };
+        if left == 0 {
+            state.sessions.remove(&session.user_id);
+        }
+        Ok(left)
+    }
+
+    async fn refresh_sessions(
+        &self,
+        sessions: &[SessionEntry],
+        ttl: Duration,
+    ) -> Result<(), RegistryError> {
+        let expiry = Instant::now() + ttl;
+        let mut state = self.lock()?;
+        for s in sessions {
+            state
+                .sessions
+                .entry(s.user_id.clone())
+                .or_default()
+                .insert(s.session_id.clone(), (s.clone(), expiry));
+        }
+        Ok(())
+    }
+
+    async fn sessions_of(&self, users: &[String]) -> Result<Vec<SessionEntry>, RegistryError> {
+        let now = Instant::now();
+        let mut state = self.lock()?;
+        let mut out = Vec::new();
+        for user in users {
+            if let Some(sessions) = live_sessions(&mut state, user, now) {
+                out.extend(sessions.values().map(|(s, _)| s.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_presence(&self, record: &PresenceRecord) -> Result<(), RegistryError> {
+        self.lock()?
+            .presence
+            .insert(record.user_id.clone(), record.clone());
+        Ok(())
+    }
+
+    async fn presence_of(&self, users: &[String]) -> Result<Vec<PresenceRecord>, RegistryError> {
+        let state = self.lock()?;
+        Ok(users
+            .iter()
+            .filter_map(|u| state.presence.get(u).cloned())
+            .collect())
+    }
+
+    async fn claim(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, RegistryError> {
+        let now = Instant::now();
+        let mut state = self.lock()?;
+        match state.claims.get(key) {
+            Some((existing, expiry)) if *expiry > now => Ok(Some(existing.clone())),
+            _ => {
+                state
+                    .claims
+                    .insert(key.to_owned(), (value.to_owned(), now + ttl));
+                Ok(None)
+            }
+        }
+    }
+
+    async fn release(&self, key: &str) -> Result<(), RegistryError> {
+        self.lock()?.claims.remove(key);
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), RegistryError> {
+        self.lock().map(|_| ())
+    }
+}

@@ -1,0 +1,102 @@
+//! The registry: everything that describes live processes and sessions and
+//! so must expire on its own when its owner dies. Service instances, user
+//! sessions, presence, idempotency claims and counters, each with a TTL.
+//!
+//! Redis in production; [`memory::MemoryRegistry`] in one process.
+
+pub mod memory;
+
+use async_trait::async_trait;
+use std::time::Duration;
+
+/// One running instance of a role, as `/api/services` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceEntry {
+    /// `edge`, `auth`, `chat` or `presence`.
+    pub kind: String,
+    pub id: String,
+    /// host:port of its gRPC server.
+    pub grpc_addr: String,
+    /// host:port of its HTTP server, if it has one (edges).
+    pub http_addr: Option<String>,
+    pub started_at_ms: i64,
+    /// Live sessions (edges) or in-flight work; callers may balance on it.
+    pub load: u64,
+}
+
+/// One WebSocket session of a user, held by one edge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionEntry {
+    pub session_id: String,
+    pub user_id: String,
+    pub edge_id: String,
+}
+
+/// What others see of a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceRecord {
+    pub user_id: String,
+    /// `online`, `away`, `busy` or `offline`.
+    pub status: String,
+    pub last_seen_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<RegistryError> for crate::ApiError {
+    fn from(err: RegistryError) -> Self {
+        tracing::warn!(error = %err, "registry error");
+        crate::ApiError::unavailable("registry unavailable, try again")
+    }
+}
+
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Adds or refreshes an instance; it disappears `ttl` after its last call.
+    async fn register_service(
+        &self,
+        entry: &ServiceEntry,
+        ttl: Duration,
+    ) -> Result<(), RegistryError>;
+    async fn deregister_service(&self, kind: &str, id: &str) -> Result<(), RegistryError>;
+    /// Live instances, of one kind or all.
+    async fn services(&self, kind: Option<&str>) -> Result<Vec<ServiceEntry>, RegistryError>;
+
+    /// Adds a session; answers how many live sessions the user has now.
+    async fn add_session(
+        &self,
+        session: &SessionEntry,
+        ttl: Duration,
+    ) -> Result<usize, RegistryError>;
+    /// Removes a session; answers how many the user has left.
+    async fn remove_session(&self, session: &SessionEntry) -> Result<usize, RegistryError>;
+    /// Extends the TTL of sessions an edge still holds.
+    async fn refresh_sessions(
+        &self,
+        sessions: &[SessionEntry],
+        ttl: Duration,
+    ) -> Result<(), RegistryError>;
+    /// Live sessions of these users.
+    async fn sessions_of(&self, users: &[String]) -> Result<Vec<SessionEntry>, RegistryError>;
+
+    async fn set_presence(&self, record: &PresenceRecord) -> Result<(), RegistryError>;
+    /// Presence of these users; users never seen are absent.
+    async fn presence_of(&self, users: &[String]) -> Result<Vec<PresenceRecord>, RegistryError>;
+
+    /// Claims `key` for `value` unless it is held: answers `None` when the
+    /// claim is ours, or the value already there (SET NX).
+    async fn claim(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, RegistryError>;
+    /// Drops a claim, so a failed operation can be retried.
+    async fn release(&self, key: &str) -> Result<(), RegistryError>;
+
+    async fn ping(&self) -> Result<(), RegistryError>;
+}

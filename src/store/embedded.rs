@@ -1,0 +1,520 @@
+//! The embedded store: redb tables under the data directory, protobuf
+//! values. Every write commits with fsync before answering, because the bus
+//! offset that follows a write may be committed right after it.
+//!
+//! redb calls block, so each method runs on tokio's blocking pool.
+
+use super::{Appended, Store, StoreError, UserRecord};
+use crate::proto::{ChatMessage, Conversation, MemberCursor, ReceiptKind, StoredUser, User};
+use async_trait::async_trait;
+use prost::Message;
+use redb::{Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+const USER_BY_EMAIL: TableDefinition<&str, &str> = TableDefinition::new("user_by_email");
+const USER_BY_NAME: TableDefinition<&str, &str> = TableDefinition::new("user_by_name");
+const CONVERSATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
+const USER_CONVERSATIONS: MultimapTableDefinition<&str, &str> =
+    MultimapTableDefinition::new("user_conversations");
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+const MESSAGE_BY_CLIENT_ID: TableDefinition<(&str, &str), (&str, u64)> =
+    TableDefinition::new("message_by_client_id");
+/// (conversation, user) → (delivered seq, read seq).
+const CURSORS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("cursors");
+
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EmbeddedStore")
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `store.redb` in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(unavailable)?;
+        let db = Database::create(dir.join("store.redb")).map_err(unavailable)?;
+        let txn = db.begin_write().map_err(unavailable)?;
+        txn.open_table(USERS).map_err(unavailable)?;
+        txn.open_table(USER_BY_EMAIL).map_err(unavailable)?;
+        txn.open_table(USER_BY_NAME).map_err(unavailable)?;
+        txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+        txn.open_multimap_table(USER_CONVERSATIONS)
+            .map_err(unavailable)?;
+        txn.open_table(MESSAGES).map_err(unavailable)?;
+        txn.open_table(MESSAGE_BY_CLIENT_ID).map_err(unavailable)?;
+        txn.open_table(CURSORS).map_err(unavailable)?;
+        txn.commit().map_err(unavailable)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(unavailable)?
+    }
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(corrupt)
+}
+
+fn read_conversation(
+    txn: &redb::ReadTransaction,
+    id: &str,
+) -> Result<Option<Conversation>, StoreError> {
+    let conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+    let Some(raw) = conversations.get(id).map_err(unavailable)? else {
+        return Ok(None);
+    };
+    let mut conversation: Conversation = decode(raw.value())?;
+    let cursors = txn.open_table(CURSORS).map_err(unavailable)?;
+    conversation.cursors = conversation
+        .members
+        .iter()
+        .map(|m| {
+            let (delivered_seq, read_seq) = cursors
+                .get((id, m.as_str()))
+                .map_err(unavailable)?
+                .map(|v| v.value())
+                .unwrap_or((0, 0));
+            Ok(MemberCursor {
+                user_id: m.clone(),
+                delivered_seq,
+                read_seq,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(Some(conversation))
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn create_user(&self, record: &UserRecord) -> Result<(), StoreError> {
+        let record = record.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            {
+                let mut by_name = txn.open_table(USER_BY_NAME).map_err(unavailable)?;
+                let mut by_email = txn.open_table(USER_BY_EMAIL).map_err(unavailable)?;
+                let name_key = record.user.username.to_lowercase();
+                if by_name
+                    .get(name_key.as_str())
+                    .map_err(unavailable)?
+                    .is_some()
+                {
+                    return Err(StoreError::Conflict("username"));
+                }
+                if by_email
+                    .get(record.email.as_str())
+                    .map_err(unavailable)?
+                    .is_some()
+                {
+                    return Err(StoreError::Conflict("email"));
+                }
+                let id = record.user.id.as_str();
+                by_name.insert(name_key.as_str(), id).map_err(unavailable)?;
+                by_email
+                    .insert(record.email.as_str(), id)
+                    .map_err(unavailable)?;
+                let stored = StoredUser {
+                    user: Some(record.user.clone()),
+                    email: record.email.clone(),
+                    password_hash: record.password_hash.clone(),
+                };
+                txn.open_table(USERS)
+                    .map_err(unavailable)?
+                    .insert(id, stored.encode_to_vec().as_slice())
+                    .map_err(unavailable)?;
+            }
+            txn.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+        let email = email.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let by_email = txn.open_table(USER_BY_EMAIL).map_err(unavailable)?;
+            let Some(id) = by_email.get(email.as_str()).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let users = txn.open_table(USERS).map_err(unavailable)?;
+            let Some(raw) = users.get(id.value()).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let stored: StoredUser = decode(raw.value())?;
+            Ok(stored.user.map(|user| UserRecord {
+                user,
+                email: stored.email,
+                password_hash: stored.password_hash,
+            }))
+        })
+        .await
+    }
+
+    async fn users_by_ids(&self, ids: &[String]) -> Result<Vec<User>, StoreError> {
+        let ids = ids.to_vec();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let users = txn.open_table(USERS).map_err(unavailable)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in &ids {
+                if let Some(raw) = users.get(id.as_str()).map_err(unavailable)? {
+                    let stored: StoredUser = decode(raw.value())?;
+                    out.extend(stored.user);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn search_users(&self, query: &str, limit: usize) -> Result<Vec<User>, StoreError> {
+        let query = query.to_lowercase();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let users = txn.open_table(USERS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in users.iter().map_err(unavailable)? {
+                let (_, raw) = entry.map_err(unavailable)?;
+                let Some(user) = decode::<StoredUser>(raw.value())?.user else {
+                    continue;
+                };
+                if user.username.to_lowercase().contains(&query)
+                    || user.display_name.to_lowercase().contains(&query)
+                {
+                    out.push(user);
+                }
+            }
+            out.sort_by(|a, b| a.username.cmp(&b.username));
+            out.truncate(limit);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ensure_direct(
+        &self,
+        id: &str,
+        a: &str,
+        b: &str,
+        now_ms: i64,
+    ) -> Result<Conversation, StoreError> {
+        let (id, a, b) = (id.to_owned(), a.to_owned(), b.to_owned());
+        self.blocking(move |db| {
+            {
+                let txn = db.begin_read().map_err(unavailable)?;
+                if let Some(existing) = read_conversation(&txn, &id)? {
+                    return Ok(existing);
+                }
+            }
+            let txn = db.begin_write().map_err(unavailable)?;
+            let mut members = vec![a, b];
+            members.sort();
+            members.dedup();
+            {
+                let mut conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+                // Two first messages may race; the write lock makes the
+                // second see the first's conversation.
+                if conversations
+                    .get(id.as_str())
+                    .map_err(unavailable)?
+                    .is_none()
+                {
+                    let conversation = Conversation {
+                        id: id.clone(),
+                        kind: "direct".into(),
+                        members: members.clone(),
+                        created_at_ms: now_ms,
+                        ..Default::default()
+                    };
+                    conversations
+                        .insert(id.as_str(), conversation.encode_to_vec().as_slice())
+                        .map_err(unavailable)?;
+                    let mut by_user = txn
+                        .open_multimap_table(USER_CONVERSATIONS)
+                        .map_err(unavailable)?;
+                    for m in &members {
+                        by_user
+                            .insert(m.as_str(), id.as_str())
+                            .map_err(unavailable)?;
+                    }
+                }
+            }
+            txn.commit().map_err(unavailable)?;
+            let txn = db.begin_read().map_err(unavailable)?;
+            read_conversation(&txn, &id)?.ok_or(StoreError::NoConversation(id))
+        })
+        .await
+    }
+
+    async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            read_conversation(&txn, &id)
+        })
+        .await
+    }
+
+    async fn conversations_of(&self, user: &str) -> Result<Vec<Conversation>, StoreError> {
+        let user = user.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let by_user = txn
+                .open_multimap_table(USER_CONVERSATIONS)
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for id in by_user.get(user.as_str()).map_err(unavailable)? {
+                let id = id.map_err(unavailable)?;
+                if let Some(c) = read_conversation(&txn, id.value())? {
+                    out.push(c);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn contacts(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let conversations = self.conversations_of(user).await?;
+        let contacts: BTreeSet<String> = conversations
+            .into_iter()
+            .flat_map(|c| c.members)
+            .filter(|m| m != user)
+            .collect();
+        Ok(contacts.into_iter().collect())
+    }
+
+    async fn append_messages(&self, messages: &[ChatMessage]) -> Result<Vec<Appended>, StoreError> {
+        let messages = messages.to_vec();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let mut out = Vec::with_capacity(messages.len());
+            {
+                let mut conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+                let mut stored = txn.open_table(MESSAGES).map_err(unavailable)?;
+                let mut by_client = txn.open_table(MESSAGE_BY_CLIENT_ID).map_err(unavailable)?;
+                let mut touched: HashMap<String, Conversation> = HashMap::new();
+                for mut message in messages {
+                    let existing = by_client
+                        .get((message.from.as_str(), message.client_msg_id.as_str()))
+                        .map_err(unavailable)?
+                        .map(|v| {
+                            let (c, s) = v.value();
+                            (c.to_owned(), s)
+                        });
+                    if let Some((conversation, seq)) = existing {
+                        let raw = stored
+                            .get((conversation.as_str(), seq))
+                            .map_err(unavailable)?
+                            .ok_or_else(|| corrupt("client id index points nowhere"))?;
+                        out.push(Appended {
+                            message: decode(raw.value())?,
+                            fresh: false,
+                        });
+                        continue;
+                    }
+                    let conversation = match touched.get_mut(&message.conversation_id) {
+                        Some(c) => c,
+                        None => {
+                            let raw = conversations
+                                .get(message.conversation_id.as_str())
+                                .map_err(unavailable)?
+                                .ok_or_else(|| {
+                                    StoreError::NoConversation(message.conversation_id.clone())
+                                })?;
+                            let c: Conversation = decode(raw.value())?;
+                            drop(raw);
+                            touched.entry(message.conversation_id.clone()).or_insert(c)
+                        }
+                    };
+                    conversation.last_seq += 1;
+                    message.seq = conversation.last_seq;
+                    stored
+                        .insert(
+                            (message.conversation_id.as_str(), message.seq),
+                            message.encode_to_vec().as_slice(),
+                        )
+                        .map_err(unavailable)?;
+                    by_client
+                        .insert(
+                            (message.from.as_str(), message.client_msg_id.as_str()),
+                            (message.conversation_id.as_str(), message.seq),
+                        )
+                        .map_err(unavailable)?;
+                    out.push(Appended {
+                        message,
+                        fresh: true,
+                    });
+                }
+                for (id, c) in touched {
+                    conversations
+                        .insert(id.as_str(), c.encode_to_vec().as_slice())
+                        .map_err(unavailable)?;
+                }
+            }
+            txn.commit().map_err(unavailable)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn message_by_client_id(
+        &self,
+        sender: &str,
+        client_msg_id: &str,
+    ) -> Result<Option<ChatMessage>, StoreError> {
+        let (sender, client_msg_id) = (sender.to_owned(), client_msg_id.to_owned());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let by_client = txn.open_table(MESSAGE_BY_CLIENT_ID).map_err(unavailable)?;
+            let Some(at) = by_client
+                .get((sender.as_str(), client_msg_id.as_str()))
+                .map_err(unavailable)?
+            else {
+                return Ok(None);
+            };
+            let (conversation, seq) = at.value();
+            let stored = txn.open_table(MESSAGES).map_err(unavailable)?;
+            match stored.get((conversation, seq)).map_err(unavailable)? {
+                Some(raw) => Ok(Some(decode(raw.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn messages_after(
+        &self,
+        conversation: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let conversation = conversation.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let stored = txn.open_table(MESSAGES).map_err(unavailable)?;
+            let start = after_seq.saturating_add(1);
+            let mut out = Vec::new();
+            for entry in stored
+                .range((conversation.as_str(), start)..=(conversation.as_str(), u64::MAX))
+                .map_err(unavailable)?
+                .take(limit)
+            {
+                let (_, raw) = entry.map_err(unavailable)?;
+                out.push(decode(raw.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn messages_before(
+        &self,
+        conversation: &str,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let conversation = conversation.to_owned();
+        let end = if before_seq == 0 {
+            u64::MAX
+        } else {
+            before_seq
+        };
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let stored = txn.open_table(MESSAGES).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in stored
+                .range((conversation.as_str(), 1)..(conversation.as_str(), end))
+                .map_err(unavailable)?
+                .rev()
+                .take(limit)
+            {
+                let (_, raw) = entry.map_err(unavailable)?;
+                out.push(decode(raw.value())?);
+            }
+            out.reverse();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn advance_cursor(
+        &self,
+        conversation: &str,
+        user: &str,
+        kind: ReceiptKind,
+        up_to_seq: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let (conversation, user) = (conversation.to_owned(), user.to_owned());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            let moved = {
+                let conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+                let Some(raw) = conversations
+                    .get(conversation.as_str())
+                    .map_err(unavailable)?
+                else {
+                    return Err(StoreError::NoConversation(conversation));
+                };
+                let last_seq = decode::<Conversation>(raw.value())?.last_seq;
+                drop(raw);
+                let mut cursors = txn.open_table(CURSORS).map_err(unavailable)?;
+                let key = (conversation.as_str(), user.as_str());
+                let (delivered, read) = cursors
+                    .get(key)
+                    .map_err(unavailable)?
+                    .map(|v| v.value())
+                    .unwrap_or((0, 0));
+                let target = up_to_seq.min(last_seq);
+                // Reading a message implies it was delivered.
+                let (new_delivered, new_read) = match kind {
+                    ReceiptKind::Read => (delivered.max(target), read.max(target)),
+                    _ => (delivered.max(target), read),
+                };
+                let moved = match kind {
+                    ReceiptKind::Read => (new_read > read).then_some(new_read),
+                    _ => (new_delivered > delivered).then_some(new_delivered),
+                };
+                if (new_delivered, new_read) != (delivered, read) {
+                    cursors
+                        .insert(key, (new_delivered, new_read))
+                        .map_err(unavailable)?;
+                }
+                moved
+            };
+            txn.commit().map_err(unavailable)?;
+            Ok(moved)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.blocking(|db| db.begin_read().map(|_| ()).map_err(unavailable))
+            .await
+    }
+}

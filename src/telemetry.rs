@@ -1,0 +1,16 @@
+//! Logging set-up: `RUST_LOG` filters, `LOG_FORMAT=json` for structured logs.
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// Installs the global subscriber once; later calls (tests) are no-ops.
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = if json {
+        registry.with(fmt::layer().json()).try_init()
+    } else {
+        registry.with(fmt::layer()).try_init()
+    };
+}
