@@ -1,0 +1,13 @@
+//! Whole-system tests: every role in one process on port 0, driven by real
+//! WebSocket clients (tokio-tungstenite) and a real HTTP client. All in one
+//! test binary, so the build links once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod auth;
+mod bad_input;
+mod messaging;
+mod presence;
+mod restart;
