@@ -12,19 +12,19 @@ use std::time::Duration;
 pub struct BackendConfig {
     /// Directory of the embedded backends' files (and the generated JWT
     /// secret when none is configured).
-    #[arg(long, env = "PARLEY_DATA_DIR", default_value = "./data")]
+    #[arg(long, env = "PARLEY_DATA_DIR", global = true, default_value = "./data")]
     pub data_dir: PathBuf,
     /// Kafka bootstrap servers (host:port,...); embedded bus when unset.
-    #[arg(long, env = "KAFKA_BROKERS")]
+    #[arg(long, env = "KAFKA_BROKERS", global = true)]
     pub kafka_brokers: Option<String>,
     /// Redis URL; embedded registry when unset.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", global = true)]
     pub redis_url: Option<String>,
     /// MongoDB URL; embedded store when unset.
-    #[arg(long, env = "MONGODB_URL")]
+    #[arg(long, env = "MONGODB_URL", global = true)]
     pub mongodb_url: Option<String>,
     /// Partitions per topic (created at start-up when missing).
-    #[arg(long, env = "PARLEY_PARTITIONS", default_value_t = 8)]
+    #[arg(long, env = "PARLEY_PARTITIONS", global = true, default_value_t = 8)]
     pub partitions: u32,
 }
 

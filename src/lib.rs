@@ -10,7 +10,7 @@
 //!   embedded implementation (the Kafka/Redis/Mongo ones slot in beside them).
 //! - [`backends`]: picks the implementations from configuration.
 //! - [`discovery`], [`push`], [`grpc`]: how roles find, call and serve each other.
-//! - [`config`], [`telemetry`]: process set-up shared by every binary.
+//! - [`config`], [`telemetry`], [`node`]: process set-up shared by every binary.
 //!
 //! The request flow: browser → edge (`protocol`) → gRPC role service →
 //! `bus` (durable) → chat-svc consumer → `store` → `push` → edge → browser.
@@ -18,10 +18,13 @@
 pub mod backends;
 pub mod bus;
 pub mod config;
+#[doc(hidden)]
+pub mod conformance;
 pub mod discovery;
 pub mod error;
 pub mod grpc;
 pub mod ids;
+pub mod node;
 pub mod protocol;
 pub mod push;
 pub mod registry;

@@ -11,10 +11,10 @@ use std::time::Duration;
 pub struct AuthArgs {
     /// HMAC secret for HS256 tokens. When unset, one is generated once and
     /// kept in the data directory.
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    #[arg(long, env = "JWT_SECRET", global = true, hide_env_values = true)]
     pub jwt_secret: Option<SecretString>,
     /// Token lifetime: seconds, or a duration such as `7d`, `12h`, `30m`.
-    #[arg(long, env = "JWT_EXPIRES_IN", default_value = "7d", value_parser = parse_lifetime)]
+    #[arg(long, env = "JWT_EXPIRES_IN", global = true, default_value = "7d", value_parser = parse_lifetime)]
     pub jwt_expires_in: Duration,
 }
 

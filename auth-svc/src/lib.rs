@@ -30,3 +30,22 @@ pub async fn serve(
     let routes = tonic::service::Routes::new(grpc::server(accounts));
     parley::grpc::serve(listener, routes, grpc::NAMES, backends, shutdown).await
 }
+
+/// Runs auth-svc as its own process until SIGINT/SIGTERM.
+pub async fn run_standalone(
+    node: &parley::node::NodeArgs,
+    auth: &config::AuthArgs,
+) -> Result<(), parley::node::RunError> {
+    use parley::node::{Node, RunError};
+    let config = auth
+        .resolve(&node.backends.data_dir)
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    let node = Node::start(parley::discovery::kind::AUTH, node, None).await?;
+    node.stop_on_signal();
+    let (parts, announcer) = node.into_parts();
+    let accounts = Accounts::new(parts.backends.store.clone(), &config);
+    let served = serve(parts.grpc, accounts, parts.backends, parts.shutdown.clone()).await;
+    parts.shutdown.cancel();
+    let _ = announcer.await;
+    Ok(served?)
+}

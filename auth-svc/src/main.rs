@@ -1,7 +1,20 @@
-//! Runs auth-svc alone: `parley-auth --help`.
+//! `parley-auth`: auth-svc as its own process.
 
-fn main() -> std::process::ExitCode {
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "parley-auth", version, about = "Parley auth-svc")]
+struct Args {
+    #[command(flatten)]
+    node: parley::node::NodeArgs,
+    #[command(flatten)]
+    auth: parley_auth::config::AuthArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     parley::telemetry::init();
-    eprintln!("run auth-svc with `parley auth` (the all-in-one binary's subcommand)");
-    std::process::ExitCode::FAILURE
+    let args = Args::parse();
+    parley_auth::run_standalone(&args.node, &args.auth).await?;
+    Ok(())
 }

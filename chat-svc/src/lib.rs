@@ -35,3 +35,15 @@ pub async fn serve(
     let _ = sequencer.await;
     served
 }
+
+/// Runs chat-svc (API and sequencer) as its own process until SIGINT/SIGTERM.
+pub async fn run_standalone(node: &parley::node::NodeArgs) -> Result<(), parley::node::RunError> {
+    let node = parley::node::Node::start(parley::discovery::kind::CHAT, node, None).await?;
+    node.stop_on_signal();
+    let (parts, announcer) = node.into_parts();
+    let chat = Chat::new(parts.backends.clone(), parts.pusher);
+    let served = serve(parts.grpc, chat, parts.backends, parts.shutdown.clone()).await;
+    parts.shutdown.cancel();
+    let _ = announcer.await;
+    Ok(served?)
+}

@@ -1,7 +1,17 @@
-//! Runs chat-svc alone.
+//! `parley-chat`: chat-svc as its own process.
 
-fn main() -> std::process::ExitCode {
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "parley-chat", version, about = "Parley chat-svc")]
+struct Args {
+    #[command(flatten)]
+    node: parley::node::NodeArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     parley::telemetry::init();
-    eprintln!("run chat-svc with `parley chat` (the all-in-one binary's subcommand)");
-    std::process::ExitCode::FAILURE
+    parley_chat::run_standalone(&Args::parse().node).await?;
+    Ok(())
 }

@@ -85,3 +85,52 @@ pub async fn serve(
     }
     Ok(http_result?)
 }
+
+/// Where an edge serves browsers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// HTTP port of the edge (browsers, REST, /ws).
+    #[arg(long, env = "PORT", default_value_t = 8080, global = true)]
+    pub port: u16,
+    /// Address to listen on; 0.0.0.0 to accept other machines.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1", global = true)]
+    pub host: String,
+}
+
+/// Runs an edge as its own process until SIGINT/SIGTERM.
+pub async fn run_standalone(
+    node: &parley::node::NodeArgs,
+    http: &HttpArgs,
+) -> Result<(), parley::node::RunError> {
+    use parley::node::{NodeError, RunError};
+    let backends = Backends::open(&node.backends)
+        .await
+        .map_err(NodeError::from)?;
+    let bind = |addr: String, cause| NodeError::Bind { addr, cause };
+    let http_listener = TcpListener::bind((http.host.as_str(), http.port))
+        .await
+        .map_err(|e| bind(format!("{}:{}", http.host, http.port), e))?;
+    let grpc = TcpListener::bind(&node.grpc_addr)
+        .await
+        .map_err(|e| bind(node.grpc_addr.clone(), e))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            parley::node::shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
+    let config = EdgeConfig {
+        liveness: node.liveness(),
+        ..EdgeConfig::new(node.id_for(kind::EDGE))
+    };
+    let discovery = parley::discovery::Discovery::new(backends.registry.clone());
+    let state = EdgeState::new(config, discovery, shutdown.clone());
+    if let Ok(addr) = http_listener.local_addr() {
+        println!("Parley edge listening on http://{addr}");
+    }
+    serve(http_listener, grpc, state, backends, shutdown)
+        .await
+        .map_err(|e| RunError::Other(e.to_string()))
+}

@@ -1,7 +1,24 @@
-//! Runs an edge alone.
+//! `parley-edge`: one edge as its own process.
 
-fn main() -> std::process::ExitCode {
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "parley-edge",
+    version,
+    about = "Parley edge (WebSocket + REST)"
+)]
+struct Args {
+    #[command(flatten)]
+    node: parley::node::NodeArgs,
+    #[command(flatten)]
+    http: parley_edge::HttpArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     parley::telemetry::init();
-    eprintln!("run an edge with `parley edge` (the all-in-one binary's subcommand)");
-    std::process::ExitCode::FAILURE
+    let args = Args::parse();
+    parley_edge::run_standalone(&args.node, &args.http).await?;
+    Ok(())
 }

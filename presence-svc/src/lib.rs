@@ -31,3 +31,16 @@ pub async fn serve(
     let _ = fanout.await;
     served
 }
+
+/// Runs presence-svc (API and fan-out) as its own process until
+/// SIGINT/SIGTERM.
+pub async fn run_standalone(node: &parley::node::NodeArgs) -> Result<(), parley::node::RunError> {
+    let node = parley::node::Node::start(parley::discovery::kind::PRESENCE, node, None).await?;
+    node.stop_on_signal();
+    let (parts, announcer) = node.into_parts();
+    let presence = Presence::new(parts.backends.clone(), parts.pusher, parts.liveness);
+    let served = serve(parts.grpc, presence, parts.backends, parts.shutdown.clone()).await;
+    parts.shutdown.cancel();
+    let _ = announcer.await;
+    Ok(served?)
+}

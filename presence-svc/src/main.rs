@@ -1,7 +1,17 @@
-//! Runs presence-svc alone.
+//! `parley-presence`: presence-svc as its own process.
 
-fn main() -> std::process::ExitCode {
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "parley-presence", version, about = "Parley presence-svc")]
+struct Args {
+    #[command(flatten)]
+    node: parley::node::NodeArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     parley::telemetry::init();
-    eprintln!("run presence-svc with `parley presence` (the all-in-one binary's subcommand)");
-    std::process::ExitCode::FAILURE
+    parley_presence::run_standalone(&Args::parse().node).await?;
+    Ok(())
 }

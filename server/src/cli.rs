@@ -1,10 +1,12 @@
 //! Command line of the `parley` binary: flags and the seed's environment
-//! names, validated into an [`AppConfig`].
+//! names, validated into an [`AppConfig`]. Without a subcommand it runs
+//! every role in one process; a subcommand runs one role.
 
 use crate::AppConfig;
 use clap::{Parser, Subcommand};
-use parley::config::{BackendConfig, Liveness};
+use parley::node::NodeArgs;
 use parley_auth::config::AuthArgs;
+use parley_edge::HttpArgs;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
@@ -16,26 +18,10 @@ use std::time::Duration;
 pub struct Cli {
     #[command(subcommand)]
     pub role: Option<Role>,
-    /// HTTP port of the edge (browsers, REST, /ws).
-    #[arg(long, env = "PORT", default_value_t = 8080, global = true)]
-    pub port: u16,
-    /// Address to listen on; 0.0.0.0 to accept other machines.
-    #[arg(long, env = "HOST", default_value = "127.0.0.1", global = true)]
-    pub host: String,
-    /// This node's id (registry, `connected.node`); generated when unset.
-    #[arg(long, env = "SERVICE_ID", global = true)]
-    pub service_id: Option<String>,
-    /// Seconds a dropped connection's user stays online, waiting for a
-    /// reconnect.
-    #[arg(
-        long,
-        env = "PARLEY_OFFLINE_GRACE_SECS",
-        default_value_t = 10,
-        global = true
-    )]
-    pub offline_grace_secs: u64,
     #[command(flatten)]
-    pub backends: BackendConfig,
+    pub node: NodeArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
 }
@@ -44,25 +30,25 @@ pub struct Cli {
 pub enum Role {
     /// Every role in one process (the default).
     All,
+    /// An edge: browsers' WebSockets and REST (listens on PORT and GRPC_ADDR).
+    Edge,
+    /// auth-svc: accounts and tokens (GRPC_ADDR).
+    Auth,
+    /// chat-svc: messages, receipts, history, and the sequencer (GRPC_ADDR).
+    Chat,
+    /// presence-svc: sessions and presence (GRPC_ADDR).
+    Presence,
 }
 
 impl Cli {
-    /// Resolves secrets and defaults into the node's configuration.
+    /// Resolves secrets and defaults into the all-in-one configuration.
     pub fn app_config(&self) -> anyhow::Result<AppConfig> {
-        let auth = self.auth.resolve(&self.backends.data_dir)?;
-        let node_id = self
-            .service_id
-            .clone()
-            .unwrap_or_else(|| format!("parley-{}", &parley::ids::new_session_id()[..6]));
-        let liveness = Liveness {
-            offline_grace: Duration::from_secs(self.offline_grace_secs.min(300)),
-            ..Liveness::default()
-        };
+        let auth = self.auth.resolve(&self.node.backends.data_dir)?;
         Ok(AppConfig {
-            backends: self.backends.clone(),
+            backends: self.node.backends.clone(),
             auth,
-            node_id,
-            liveness,
+            node_id: self.node.id_for("parley"),
+            liveness: self.node.liveness(),
             join_timeout: Duration::from_secs(10),
         })
     }

@@ -1,40 +1,36 @@
-//! `parley`: the all-in-one chat server. `cargo run --release` starts it on
-//! http://127.0.0.1:8080 with embedded backends under ./data.
+//! `parley`: the chat server. `cargo run --release` starts every role in one
+//! process on http://127.0.0.1:8080 with embedded backends under ./data;
+//! `parley edge|auth|chat|presence` runs one role.
 
 use clap::Parser;
 use parley_server::App;
-use parley_server::cli::Cli;
+use parley_server::cli::{Cli, Role};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     parley::telemetry::init();
     let cli = Cli::parse();
+    match cli.role.unwrap_or(Role::All) {
+        Role::All => run_all(&cli).await,
+        Role::Edge => Ok(parley_edge::run_standalone(&cli.node, &cli.http).await?),
+        Role::Auth => Ok(parley_auth::run_standalone(&cli.node, &cli.auth).await?),
+        Role::Chat => Ok(parley_chat::run_standalone(&cli.node).await?),
+        Role::Presence => Ok(parley_presence::run_standalone(&cli.node).await?),
+    }
+}
+
+async fn run_all(cli: &Cli) -> anyhow::Result<()> {
     let config = cli.app_config()?;
-    let listener = tokio::net::TcpListener::bind((cli.host.as_str(), cli.port)).await?;
+    let listener = tokio::net::TcpListener::bind((cli.http.host.as_str(), cli.http.port)).await?;
     let app = App::start(config, listener).await?;
     // Scripts and tests read the bound address from this line.
     println!("Parley listening on http://{}", app.http_addr());
     let shutdown = app.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        parley::node::shutdown_signal().await;
         tracing::info!("shutting down");
         shutdown.cancel();
     });
     app.wait().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

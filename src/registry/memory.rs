@@ -22,6 +22,9 @@ struct State {
     sessions: HashMap<String, HashMap<String, (SessionEntry, Instant)>>,
     presence: HashMap<String, PresenceRecord>,
     claims: HashMap<String, (String, Instant)>,
+    /// Expired claims are dropped lazily; a sweep runs when the map has
+    /// doubled since the last one, so the cost is amortized O(1).
+    sweep_claims_at: usize,
 }
 
 impl MemoryRegistry {
@@ -169,6 +172,10 @@ impl Registry for MemoryRegistry {
                 state
                     .claims
                     .insert(key.to_owned(), (value.to_owned(), now + ttl));
+                if state.claims.len() >= state.sweep_claims_at {
+                    state.claims.retain(|_, (_, expiry)| *expiry > now);
+                    state.sweep_claims_at = (state.claims.len() * 2).max(1024);
+                }
                 Ok(None)
             }
         }

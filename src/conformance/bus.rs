@@ -1,0 +1,166 @@
+//! What every [`EventBus`] must do.
+
+use super::{PATIENCE, unique};
+use crate::bus::{EventBus, Record, Subscription, Topic};
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+async fn next(sub: &mut Box<dyn Subscription>) -> Vec<Record> {
+    tokio::time::timeout(PATIENCE, sub.next_batch(100))
+        .await
+        .expect("no records in time")
+        .unwrap()
+}
+
+/// Reads until `count` records with the given key prefix were seen.
+async fn collect(sub: &mut Box<dyn Subscription>, prefix: &str, count: usize) -> Vec<Record> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        out.extend(
+            next(sub)
+                .await
+                .into_iter()
+                .filter(|r| r.key.starts_with(prefix)),
+        );
+    }
+    out
+}
+
+async fn publish_many(bus: &dyn EventBus, prefix: &str, keys: usize, per_key: usize) {
+    for i in 0..per_key {
+        for k in 0..keys {
+            bus.publish(
+                Topic::ChatMessages,
+                &format!("{prefix}-k{k}"),
+                Bytes::from(format!("{i}")),
+            )
+            .await
+            .unwrap();
+        }
+    }
+}
+
+/// Events of one key come out in the order they went in, from one partition.
+pub async fn keeps_order_per_key(bus: Arc<dyn EventBus>) {
+    let prefix = unique("order");
+    let mut sub = bus
+        .subscribe(&unique("g"), Topic::ChatMessages)
+        .await
+        .unwrap();
+    publish_many(bus.as_ref(), &prefix, 5, 20).await;
+    let records = collect(&mut sub, &prefix, 100).await;
+    let mut by_key: HashMap<&str, Vec<&Record>> = HashMap::new();
+    for r in &records {
+        by_key.entry(r.key.as_str()).or_default().push(r);
+    }
+    assert_eq!(by_key.len(), 5);
+    for (key, rs) in by_key {
+        let payloads: Vec<String> = rs
+            .iter()
+            .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
+            .collect();
+        let expected: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+        assert_eq!(payloads, expected, "order broken for {key}");
+        let partitions: HashSet<u32> = rs.iter().map(|r| r.partition).collect();
+        assert_eq!(partitions.len(), 1, "{key} spread over partitions");
+    }
+}
+
+/// Uncommitted records come again to the next member of the group; the
+/// committed ones do not.
+pub async fn resumes_after_the_last_commit(bus: Arc<dyn EventBus>) {
+    let prefix = unique("resume");
+    let group = unique("g");
+    let key = format!("{prefix}-k");
+    let mut sub = bus.subscribe(&group, Topic::ChatMessages).await.unwrap();
+    for i in 0..10 {
+        bus.publish(Topic::ChatMessages, &key, Bytes::from(format!("{i}")))
+            .await
+            .unwrap();
+    }
+    let records = collect(&mut sub, &prefix, 10).await;
+    sub.commit(&records[..4]).await.unwrap();
+    drop(sub);
+    let mut again = bus.subscribe(&group, Topic::ChatMessages).await.unwrap();
+    let replayed = collect(&mut again, &prefix, 6).await;
+    let payloads: Vec<String> = replayed
+        .iter()
+        .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(payloads, ["4", "5", "6", "7", "8", "9"]);
+}
+
+/// Each group sees every event.
+pub async fn groups_are_independent(bus: Arc<dyn EventBus>) {
+    let prefix = unique("groups");
+    let mut one = bus
+        .subscribe(&unique("g1"), Topic::ChatMessages)
+        .await
+        .unwrap();
+    let mut two = bus
+        .subscribe(&unique("g2"), Topic::ChatMessages)
+        .await
+        .unwrap();
+    publish_many(bus.as_ref(), &prefix, 3, 3).await;
+    assert_eq!(collect(&mut one, &prefix, 9).await.len(), 9);
+    assert_eq!(collect(&mut two, &prefix, 9).await.len(), 9);
+}
+
+/// Members of one group split the partitions; when one leaves without
+/// committing, the other takes over its partitions from the last commit.
+pub async fn members_share_and_take_over(bus: Arc<dyn EventBus>) {
+    let prefix = unique("share");
+    let group = unique("g");
+    let mut first = bus.subscribe(&group, Topic::ChatMessages).await.unwrap();
+    let mut second = bus.subscribe(&group, Topic::ChatMessages).await.unwrap();
+    publish_many(bus.as_ref(), &prefix, 16, 1).await;
+    let mut seen_first: Vec<Record> = Vec::new();
+    let mut seen_second: Vec<Record> = Vec::new();
+    while seen_first.len() + seen_second.len() < 16 {
+        tokio::select! {
+            batch = next(&mut first) => seen_first.extend(batch.into_iter().filter(|r| r.key.starts_with(&prefix))),
+            batch = next(&mut second) => seen_second.extend(batch.into_iter().filter(|r| r.key.starts_with(&prefix))),
+        }
+    }
+    let keys_first: HashSet<&str> = seen_first.iter().map(|r| r.key.as_str()).collect();
+    let keys_second: HashSet<&str> = seen_second.iter().map(|r| r.key.as_str()).collect();
+    assert!(
+        keys_first.is_disjoint(&keys_second),
+        "a key went to both members"
+    );
+    assert!(
+        !keys_first.is_empty() && !keys_second.is_empty(),
+        "one member got every partition"
+    );
+    first.commit(&seen_first).await.unwrap();
+    let orphaned = seen_second.len();
+    drop(second);
+    let taken_over = collect(&mut first, &prefix, orphaned).await;
+    let keys: HashSet<&str> = taken_over.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, keys_second);
+}
+
+/// A published event survives the bus being closed and opened again.
+pub async fn survives_reopen<F, Fut>(open: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn EventBus>>,
+{
+    let prefix = unique("durable");
+    let group = unique("g");
+    {
+        let bus = open().await;
+        bus.publish(
+            Topic::ChatMessages,
+            &format!("{prefix}-k"),
+            Bytes::from_static(b"kept"),
+        )
+        .await
+        .unwrap();
+    }
+    let bus = open().await;
+    let mut sub = bus.subscribe(&group, Topic::ChatMessages).await.unwrap();
+    let records = collect(&mut sub, &prefix, 1).await;
+    assert_eq!(records[0].payload.as_ref(), b"kept");
+}
