@@ -25,6 +25,7 @@ const ws = {
   refSeq: 0, syncRef: null, syncTimer: null,
 };
 const typingOut = { lastStart: 0, idle: null, target: null };
+const receiptsOut = { timer: null };
 
 function freshState() {
   return {
@@ -36,6 +37,7 @@ function freshState() {
     open: null,           // {convId, peerId, messages, hasMore, readSent}
     pending: new Map(),   // ref -> own message waiting for its ack
     typing: new Map(),    // conversation id -> Map(user id -> hide timer)
+    receipts: new Map(),  // "mark_delivered|mark_read conversation id" -> up_to_seq, not sent yet
     searchResults: [],
   };
 }
@@ -197,6 +199,8 @@ function logout(message) {
   clearTimeout(ws.timer);
   if (ws.sock) { const s = ws.sock; ws.sock = null; s.close(1000); }
   clearTimeout(typingOut.idle);
+  clearTimeout(receiptsOut.timer);
+  receiptsOut.timer = null;
   typingOut.lastStart = 0;
   for (const m of state.typing.values()) m.forEach(clearTimeout);
   Object.assign(state, freshState());
@@ -281,6 +285,7 @@ function onConnected(f) {
   for (const msg of state.pending.values()) transmit(msg); // same client_msg_id, safe to resend
   markAllDelivered();
   markOpenRead();
+  flushReceipts(); // also those queued while we were offline
 }
 
 function afterSync(ref) {
@@ -295,10 +300,10 @@ function onNewMessage(m) {
   const mine = m.from === state.me.id;
   const conv = state.convs.get(m.conversation_id);
   bumpLastSeq(m.conversation_id, m.seq);
-  if (!mine) send({ type: 'mark_delivered', conversation_id: m.conversation_id, up_to_seq: m.seq });
+  if (!mine) queueReceipt('mark_delivered', m.conversation_id, m.seq);
   if (mine) mergeIntoPending(m);
   clearTyping(m.conversation_id, m.from);
-  if (!mine && conv && conv.kind === 'direct') adoptConversation(m.conversation_id, m.from);
+  if (!mine && (!conv || conv.kind === 'direct')) adoptConversation(m.conversation_id, m.from);
 
   if (conv) {
     conv.last_message = m;
@@ -343,7 +348,7 @@ function onError(f) {
 
 function onReceipt(f, field) {
   const conv = state.convs.get(f.conversation_id);
-  if (!conv) return;
+  if (!conv) { refreshConvsSoon(); return; } // a new conversation: its cursors come with the list
   const c = cursorOf(conv, f.by);
   c[field] = Math.max(c[field] || 0, f.up_to_seq);
   if (field === 'read_seq') c.delivered_seq = Math.max(c.delivered_seq || 0, f.up_to_seq);
@@ -356,6 +361,8 @@ function onReceipt(f, field) {
 
 function onTyping(f) {
   if (f.from === state.me.id || !f.conversation_id) return;
+  // Typing before the first message: the frame carries the 1:1 id the chat will have.
+  if (!state.convs.has(f.conversation_id)) adoptConversation(f.conversation_id, f.from);
   clearTyping(f.conversation_id, f.from);
   if (f.state === 'start') {
     if (!state.typing.has(f.conversation_id)) state.typing.set(f.conversation_id, new Map());
@@ -388,8 +395,15 @@ function setStatus(userId, status, lastSeen) {
 
 async function loadConversations() {
   const data = await api('GET', '/api/conversations');
+  const old = state.convs;
   state.convs = new Map();
   for (const c of data.conversations || []) {
+    // Receipts pushed while the request was in flight can be newer than the response.
+    for (const oc of (old.get(c.id) || {}).cursors || []) {
+      const nc = cursorOf(c, oc.user_id);
+      nc.delivered_seq = Math.max(nc.delivered_seq, oc.delivered_seq);
+      nc.read_seq = Math.max(nc.read_seq, oc.read_seq);
+    }
     state.convs.set(c.id, c);
     c.members.forEach(rememberUser);
     bumpLastSeq(c.id, c.last_seq);
@@ -417,10 +431,32 @@ function markAllDelivered() {
     const lm = c.last_message;
     if (!lm || lm.from === state.me.id) continue;
     const mine = cursorOf(c, state.me.id);
-    if (mine.delivered_seq < c.last_seq && send({ type: 'mark_delivered', conversation_id: c.id, up_to_seq: c.last_seq })) {
+    if (mine.delivered_seq < c.last_seq) {
+      queueReceipt('mark_delivered', c.id, c.last_seq);
       mine.delivered_seq = c.last_seq;
     }
   }
+}
+
+// Receipts are coalesced per conversation and sent shortly after: a burst of messages (a sync
+// after reconnecting) then costs one frame, not one per message, which would exceed the
+// server's rate limit (30 frames/s). Kept until the socket is ready.
+function queueReceipt(type, convId, seq) {
+  const key = `${type} ${convId}`;
+  if (seq <= (state.receipts.get(key) || 0)) return;
+  state.receipts.set(key, seq);
+  if (!receiptsOut.timer) receiptsOut.timer = setTimeout(flushReceipts, 100);
+}
+
+function flushReceipts() {
+  clearTimeout(receiptsOut.timer);
+  receiptsOut.timer = null;
+  if (!ws.ready) return;
+  for (const [key, seq] of state.receipts) {
+    const [type, convId] = key.split(' ');
+    send({ type, conversation_id: convId, up_to_seq: seq });
+  }
+  state.receipts.clear();
 }
 
 async function searchUsers(q) {
@@ -471,7 +507,11 @@ function adoptConversation(convId, peerId) {
   const o = state.open;
   if (o && !o.convId && o.peerId === peerId && convId) {
     o.convId = convId;
+    if (!state.convs.has(convId)) refreshConvsSoon();
+    loadMessages(false).catch(() => {}); // merged by id, so messages already shown are kept
     renderConvs();
+    renderUsers();
+    renderTyping();
   }
 }
 
@@ -548,10 +588,9 @@ function markOpenRead() {
   if (conv && conv.unread) { conv.unread = 0; renderConvs(); }
   const mine = conv ? cursorOf(conv, state.me.id) : { read_seq: 0 };
   if (!seq || seq <= o.readSent || seq <= mine.read_seq) return;
-  if (send({ type: 'mark_read', conversation_id: o.convId, up_to_seq: seq })) {
-    o.readSent = seq;
-    mine.read_seq = Math.max(mine.read_seq, seq);
-  }
+  queueReceipt('mark_read', o.convId, seq);
+  o.readSent = seq;
+  mine.read_seq = Math.max(mine.read_seq, seq);
 }
 
 function typingTarget() {

@@ -47,6 +47,8 @@ pub async fn serve(
     backends: Backends,
     shutdown: CancellationToken,
 ) -> Result<(), EdgeError> {
+    // Install the recorder before the first metric is recorded.
+    telemetry::prometheus();
     let entry = ServiceEntry {
         kind: kind::EDGE.into(),
         id: state.config.node_id.clone(),

@@ -9,5 +9,6 @@ mod helpers;
 mod auth;
 mod bad_input;
 mod messaging;
+mod operations;
 mod presence;
 mod restart;

@@ -61,3 +61,19 @@ async fn a_second_session_keeps_the_user_online() {
         .await;
     assert_eq!(first["type"], "user_left");
 }
+
+#[tokio::test]
+async fn a_dropped_connection_goes_offline_after_the_grace_period() {
+    // The test app's grace period is 300 ms.
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mut a = app.connect(&alice).await;
+    a.send_message(&bob.id, "hi").await;
+    let mut b = app.connect(&bob).await;
+    b.expect("user_joined").await;
+    // No close frame: the TCP connection just goes away.
+    drop(a);
+    let left = b.expect("user_left").await;
+    assert_eq!(left["user_id"], alice.id.as_str());
+}

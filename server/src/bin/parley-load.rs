@@ -1,0 +1,298 @@
+//! `parley-load`: the load generator and benchmark for a running Parley.
+//!
+//! - `chat`: pairs of users over real WebSockets; each sender keeps a window
+//!   of unacknowledged messages in flight; the receiver measures send →
+//!   `new_message` latency. Reports messages/s and p50/p99/max.
+//! - `idle`: opens N authenticated connections that stay idle and reports
+//!   the server's resident memory per connection (from /proc, given its pid).
+//!
+//! Traffic goes only to the URL given (loopback in every script here); every
+//! run is bounded by its counts and a deadline.
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::connect_async;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "parley-load",
+    about = "Load generator and benchmarks for Parley"
+)]
+struct Args {
+    /// The edge (or nginx) to load.
+    #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+    /// Give up after this many seconds, whatever the progress.
+    #[arg(long, default_value_t = 300, global = true)]
+    deadline_secs: u64,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// 1:1 send → deliver throughput and latency.
+    Chat {
+        #[arg(long, default_value_t = 20)]
+        pairs: usize,
+        #[arg(long, default_value_t = 500)]
+        messages: usize,
+        /// Unacknowledged messages each sender keeps in flight.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+    },
+    /// Memory per idle authenticated connection.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// The server process whose RSS is measured.
+        #[arg(long)]
+        server_pid: u32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let deadline = Duration::from_secs(args.deadline_secs);
+    let run = async {
+        match args.mode {
+            Mode::Chat {
+                pairs,
+                messages,
+                window,
+            } => chat(&args.url, pairs, messages, window).await,
+            Mode::Idle {
+                connections,
+                server_pid,
+            } => idle(&args.url, connections, server_pid).await,
+        }
+    };
+    tokio::time::timeout(deadline, run)
+        .await
+        .context("deadline reached")?
+}
+
+struct User {
+    id: String,
+    token: String,
+}
+
+async fn register(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<User> {
+    let resp = http
+        .post(format!("{url}/api/auth/register"))
+        .json(&json!({"username": name, "email": format!("{name}@load.test"), "password": "load-password-1"}))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("register {name}: {}", resp.status());
+    }
+    let body: Value = resp.json().await?;
+    Ok(User {
+        id: body["user"]["id"]
+            .as_str()
+            .context("no user id")?
+            .to_owned(),
+        token: body["token"].as_str().context("no token")?.to_owned(),
+    })
+}
+
+async fn register_many(url: &str, prefix: &str, count: usize) -> anyhow::Result<Vec<User>> {
+    let http = reqwest::Client::new();
+    let names: Vec<String> = (0..count).map(|i| format!("{prefix}{i}")).collect();
+    // Registration hashes a password (argon2): a few at a time is plenty.
+    futures::stream::iter(names)
+        .map(|n| {
+            let http = http.clone();
+            async move { register(&http, url, &n).await }
+        })
+        .buffered(4)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn join(url: &str, token: &str) -> anyhow::Result<Socket> {
+    let ws_url = format!("{}/ws", url.replacen("http", "ws", 1));
+    let (mut ws, _) = connect_async(ws_url).await?;
+    ws.send(Message::Text(
+        json!({"type": "join", "token": token}).to_string().into(),
+    ))
+    .await?;
+    while let Some(frame) = ws.next().await {
+        if let Message::Text(t) = frame? {
+            let v: Value = serde_json::from_str(&t)?;
+            if v["type"] == "connected" {
+                return Ok(ws);
+            }
+            if v["type"] == "error" {
+                bail!("join refused: {v}");
+            }
+        }
+    }
+    bail!("closed before connected")
+}
+
+fn prefix() -> String {
+    format!("load{}x", std::process::id() % 100_000)
+}
+
+async fn chat(url: &str, pairs: usize, messages: usize, window: usize) -> anyhow::Result<()> {
+    let users = register_many(url, &prefix(), pairs * 2).await?;
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let mut sockets = Vec::new();
+    for pair in users.chunks(2) {
+        let (sender, receiver) = (&pair[0], &pair[1]);
+        sockets.push((
+            join(url, &sender.token).await?,
+            join(url, &receiver.token).await?,
+            receiver.id.clone(),
+            sender.id.clone(),
+        ));
+    }
+    let began = Instant::now();
+    for (tx_ws, rx_ws, to, from) in sockets {
+        let histogram = histogram.clone();
+        tasks.push(tokio::spawn(async move {
+            let (received, sent) = tokio::join!(
+                receive(rx_ws, from, messages, start, histogram),
+                send(tx_ws, to, messages, window, start)
+            );
+            received.and(sent)
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = began.elapsed();
+    let h = histogram.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let total = pairs * messages;
+    println!(
+        "chat: {pairs} pairs x {messages} msgs (window {window}): {total} delivered in {:.2} s = {:.0} msgs/s; send→deliver p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64(),
+        h.value_at_quantile(0.50) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.max() as f64 / 1000.0,
+    );
+    Ok(())
+}
+
+async fn send(
+    mut ws: Socket,
+    to: String,
+    messages: usize,
+    window: usize,
+    start: Instant,
+) -> anyhow::Result<()> {
+    let mut in_flight = 0usize;
+    let mut sent = 0usize;
+    let mut acked = 0usize;
+    while acked < messages {
+        while sent < messages && in_flight < window.max(1) {
+            let micros = start.elapsed().as_micros();
+            let frame = json!({"type": "send_message", "ref": sent.to_string(), "to": to,
+                "client_msg_id": format!("c{sent}"), "body": format!("{micros}")});
+            ws.send(Message::Text(frame.to_string().into())).await?;
+            sent += 1;
+            in_flight += 1;
+        }
+        let Some(frame) = ws.next().await else {
+            bail!("sender socket closed");
+        };
+        if let Message::Text(t) = frame? {
+            let v: Value = serde_json::from_str(&t)?;
+            match v["type"].as_str() {
+                Some("ack") => {
+                    acked += 1;
+                    in_flight -= 1;
+                }
+                Some("error") => bail!("send refused: {v}"),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn receive(
+    mut ws: Socket,
+    from: String,
+    messages: usize,
+    start: Instant,
+    histogram: Arc<Mutex<Histogram<u64>>>,
+) -> anyhow::Result<()> {
+    let mut seen = 0usize;
+    let mut latencies = Vec::with_capacity(messages);
+    while seen < messages {
+        let Some(frame) = ws.next().await else {
+            bail!("receiver socket closed");
+        };
+        if let Message::Text(t) = frame? {
+            let v: Value = serde_json::from_str(&t)?;
+            if v["type"] == "new_message" && v["message"]["from"] == from.as_str() {
+                let sent: u128 = v["message"]["body"].as_str().unwrap_or("0").parse()?;
+                let now = start.elapsed().as_micros();
+                latencies.push(u64::try_from(now.saturating_sub(sent)).unwrap_or(u64::MAX));
+                seen += 1;
+            }
+        }
+    }
+    let mut h = histogram.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    for l in latencies {
+        h.record(l.max(1))?;
+    }
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")
+}
+
+async fn idle(url: &str, connections: usize, server_pid: u32) -> anyhow::Result<()> {
+    let users = register_many(url, &prefix(), 10).await?;
+    // One warm-up connection per user, so per-user state is not counted.
+    let mut sockets = Vec::with_capacity(connections + users.len());
+    for u in &users {
+        sockets.push(join(url, &u.token).await?);
+    }
+    let before = rss_kib(server_pid)?;
+    let began = Instant::now();
+    let tokens: Vec<String> = users.iter().map(|u| u.token.clone()).collect();
+    let mut opened = futures::stream::iter(0..connections)
+        .map(|i| {
+            let token = tokens[i % tokens.len()].clone();
+            async move { join(url, &token).await }
+        })
+        .buffer_unordered(64);
+    while let Some(ws) = opened.next().await {
+        sockets.push(ws?);
+    }
+    let after = rss_kib(server_pid)?;
+    println!(
+        "idle: {connections} authenticated connections opened in {:.1} s; server RSS {:.1} MiB → {:.1} MiB = {:.1} KiB per connection",
+        began.elapsed().as_secs_f64(),
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        (after.saturating_sub(before)) as f64 / connections as f64,
+    );
+    Ok(())
+}
