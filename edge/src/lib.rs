@@ -76,6 +76,12 @@ pub async fn serve(
         shutdown.clone(),
     ));
     let app = rest::router(state);
+    // Frames are small and latency-bound: never let Nagle hold one back.
+    let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let http_result = axum::serve(http, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
@@ -97,6 +103,10 @@ pub struct HttpArgs {
     /// Address to listen on; 0.0.0.0 to accept other machines.
     #[arg(long, env = "HOST", default_value = "127.0.0.1", global = true)]
     pub host: String,
+    /// Frames per second one WebSocket may send (bursts of twice that).
+    #[arg(long, env = "PARLEY_WS_FRAMES_PER_SEC", global = true,
+          default_value_t = state::DEFAULT_FRAMES_PER_SECOND)]
+    pub ws_frames_per_sec: u32,
 }
 
 /// Runs an edge as its own process until SIGINT/SIGTERM.
@@ -125,6 +135,7 @@ pub async fn run_standalone(
     });
     let config = EdgeConfig {
         liveness: node.liveness(),
+        frames_per_second: http.ws_frames_per_sec,
         ..EdgeConfig::new(node.id_for(kind::EDGE))
     };
     let discovery = parley::discovery::Discovery::new(backends.registry.clone());

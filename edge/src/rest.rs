@@ -35,6 +35,7 @@ pub fn router(state: EdgeState) -> Router {
         .route("/", get(web::index))
         .route("/app.js", get(web::app_js))
         .route("/style.css", get(web::style))
+        .route("/favicon.ico", get(web::favicon))
         .route("/ws", get(ws::upgrade))
         .route("/health", get(health))
         .route("/ready", get(ready))

@@ -9,6 +9,9 @@ use parley::proto::chat_service_client::ChatServiceClient;
 use parley::proto::presence_service_client::PresenceServiceClient;
 use tonic::transport::Channel;
 
+/// A person types far slower than this; a runaway client does not.
+pub const DEFAULT_FRAMES_PER_SECOND: u32 = 30;
+
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
     /// This edge's id in the registry and in `connected.node`.
@@ -16,6 +19,9 @@ pub struct EdgeConfig {
     pub liveness: Liveness,
     /// Time a new socket has to send `join`.
     pub join_timeout: std::time::Duration,
+    /// Frames per second one connection may send (bursts of twice that);
+    /// beyond it frames are refused with `rate_limited`.
+    pub frames_per_second: u32,
 }
 
 impl EdgeConfig {
@@ -24,6 +30,7 @@ impl EdgeConfig {
             node_id: node_id.into(),
             liveness: Liveness::default(),
             join_timeout: std::time::Duration::from_secs(10),
+            frames_per_second: DEFAULT_FRAMES_PER_SECOND,
         }
     }
 }

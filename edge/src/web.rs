@@ -19,6 +19,11 @@ pub async fn app_js() -> impl IntoResponse {
     )
 }
 
+/// No icon: an empty answer instead of a 404 in every browser console.
+pub async fn favicon() -> axum::http::StatusCode {
+    axum::http::StatusCode::NO_CONTENT
+}
+
 pub async fn style() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE)
 }

@@ -50,6 +50,7 @@ impl Cli {
             node_id: self.node.id_for("parley"),
             liveness: self.node.liveness(),
             join_timeout: Duration::from_secs(10),
+            ws_frames_per_sec: self.http.ws_frames_per_sec,
         })
     }
 }

@@ -32,6 +32,8 @@ pub struct AppConfig {
     pub node_id: String,
     pub liveness: Liveness,
     pub join_timeout: Duration,
+    /// Frames per second one WebSocket may send.
+    pub ws_frames_per_sec: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +127,7 @@ impl App {
             node_id: config.node_id.clone(),
             liveness: config.liveness,
             join_timeout: config.join_timeout,
+            frames_per_second: config.ws_frames_per_sec,
         };
         let state = EdgeState::new(edge_config, discovery, shutdown.clone());
         tasks.push(tokio::spawn({

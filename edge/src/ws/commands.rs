@@ -18,10 +18,6 @@ use std::num::NonZeroU32;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 
-/// Frames per second a connection may send, with a burst allowance; beyond
-/// it frames are refused with `rate_limited` and not processed.
-const FRAMES_PER_SECOND: u32 = 30;
-const FRAME_BURST: u32 = 60;
 /// Typing events are cheap for the sender and fan out to every member.
 const TYPING_PER_SECOND: u32 = 3;
 const TYPING_BURST: u32 = 6;
@@ -42,10 +38,11 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(state: EdgeState, user: User) -> Self {
+        let rate = state.config.frames_per_second;
         Self {
             state,
             user,
-            frames: limiter(FRAMES_PER_SECOND, FRAME_BURST),
+            frames: limiter(rate, rate.saturating_mul(2)),
             typing: limiter(TYPING_PER_SECOND, TYPING_BURST),
         }
     }

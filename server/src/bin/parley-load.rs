@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::connect_async;
+use tokio_tungstenite::connect_async_with_config;
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Debug, Parser)]
@@ -124,7 +124,7 @@ type Socket =
 
 async fn join(url: &str, token: &str) -> anyhow::Result<Socket> {
     let ws_url = format!("{}/ws", url.replacen("http", "ws", 1));
-    let (mut ws, _) = connect_async(ws_url).await?;
+    let (mut ws, _) = connect_async_with_config(ws_url, None, true).await?;
     ws.send(Message::Text(
         json!({"type": "join", "token": token}).to_string().into(),
     ))
@@ -166,11 +166,11 @@ async fn chat(url: &str, pairs: usize, messages: usize, window: usize) -> anyhow
     for (tx_ws, rx_ws, to, from) in sockets {
         let histogram = histogram.clone();
         tasks.push(tokio::spawn(async move {
-            let (received, sent) = tokio::join!(
+            tokio::try_join!(
                 receive(rx_ws, from, messages, start, histogram),
                 send(tx_ws, to, messages, window, start)
-            );
-            received.and(sent)
+            )
+            .map(|_| ())
         }));
     }
     for t in tasks {

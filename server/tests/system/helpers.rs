@@ -42,6 +42,7 @@ pub fn test_config(dir: &std::path::Path) -> AppConfig {
             ..Liveness::default()
         },
         join_timeout: Duration::from_millis(500),
+        ws_frames_per_sec: parley_edge::state::DEFAULT_FRAMES_PER_SECOND,
     }
 }
 
