@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -29,32 +30,35 @@ pub async fn serve(
     backends: Backends,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let reflection = tonic_reflection::server::Builder::configure()
+    // List what this server really serves: its own services and health, not
+    // every service in Parley's descriptor set.
+    let mut reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health");
+    for name in names {
+        reflection = reflection.with_service_name(*name);
+    }
+    let reflection = reflection.build_v1()?;
     let (reporter, health) = tonic_health::server::health_reporter();
+    // The first status is known before the server accepts a call, so a
+    // health check never finds the service unregistered.
+    let mut last = check(&backends).await;
+    report(&reporter, names, last).await;
     let watcher = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
             let mut ticker = tokio::time::interval(Duration::from_secs(2));
-            let mut last = None;
+            ticker.tick().await;
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {}
                     () = shutdown.cancelled() => break,
                 }
-                let status = match backends.check().await {
-                    Ok(()) => ServingStatus::Serving,
-                    Err(cause) => {
-                        tracing::warn!(%cause, "backend check failed; gRPC health is NOT_SERVING");
-                        ServingStatus::NotServing
-                    }
-                };
-                if last != Some(status) {
-                    for name in std::iter::once(&"").chain(names) {
-                        reporter.set_service_status(*name, status).await;
-                    }
-                    last = Some(status);
+                let status = check(&backends).await;
+                if status != last {
+                    report(&reporter, names, status).await;
+                    last = status;
                 }
             }
         }
@@ -67,4 +71,20 @@ pub async fn serve(
         .await;
     watcher.abort();
     Ok(result?)
+}
+
+async fn check(backends: &Backends) -> ServingStatus {
+    match backends.check().await {
+        Ok(()) => ServingStatus::Serving,
+        Err(cause) => {
+            tracing::warn!(%cause, "backend check failed; gRPC health is NOT_SERVING");
+            ServingStatus::NotServing
+        }
+    }
+}
+
+async fn report(reporter: &HealthReporter, names: &[&str], status: ServingStatus) {
+    for name in std::iter::once(&"").chain(names) {
+        reporter.set_service_status(*name, status).await;
+    }
 }

@@ -71,3 +71,67 @@ async fn shutdown_tells_clients_to_reconnect_elsewhere() {
         Closed::Code(4002, "server going away".into())
     );
 }
+
+/// Every role's gRPC server answers health (SERVING) and lists its API
+/// through reflection, which is what `grpcurl` uses.
+#[tokio::test]
+async fn every_grpc_server_serves_health_and_reflection() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let app = spawn_app().await;
+    let (_, services) = app.get("/api/services", None).await;
+    for (kind, service) in [
+        ("edge", "parley.v1.EdgeService"),
+        ("auth", "parley.v1.AuthService"),
+        ("chat", "parley.v1.ChatService"),
+        ("presence", "parley.v1.PresenceService"),
+    ] {
+        let addr = services["services"][kind][0]["grpc_addr"].as_str().unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let health = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(health.status, 1, "{kind} is not SERVING");
+
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let reply = replies.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            panic!("{kind}: unexpected reflection reply");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.iter().any(|n| n == service), "{kind}: {names:?}");
+        let foreign = names
+            .iter()
+            .filter(|n| n.starts_with("parley.") && *n != service);
+        assert_eq!(
+            foreign.count(),
+            0,
+            "{kind} lists services it does not serve: {names:?}"
+        );
+        assert!(
+            names.iter().any(|n| n == "grpc.health.v1.Health"),
+            "{kind}: {names:?}"
+        );
+    }
+}
