@@ -43,6 +43,16 @@ pub struct Registration {
     pub display_name: String,
 }
 
+fn password_error(e: password::PasswordError) -> ApiError {
+    match e {
+        password::PasswordError::Busy => ApiError::new(
+            ErrorCode::RateLimited,
+            "too many sign-ins at once, retry shortly",
+        ),
+        password::PasswordError::Hash(_) => ApiError::internal(&e),
+    }
+}
+
 fn bad_credentials() -> ApiError {
     ApiError::unauthorized("invalid email or password")
 }
@@ -60,9 +70,7 @@ impl Accounts {
         let email = validate::email(&r.email)?;
         validate::password(&r.password)?;
         let display_name = validate::display_name(&r.display_name, &username)?;
-        let password_hash = password::hash(r.password)
-            .await
-            .map_err(|e| ApiError::internal(&e))?;
+        let password_hash = password::hash(r.password).await.map_err(password_error)?;
         let user = User {
             id: UserId::generate().into_string(),
             username,
@@ -85,7 +93,10 @@ impl Accounts {
         let email = validate::email(email).map_err(|_| bad_credentials())?;
         let record = self.store.user_by_email(&email).await?;
         let stored = record.as_ref().map(|r| r.password_hash.clone());
-        if !password::verify(password.to_owned(), stored).await {
+        if !password::verify(password.to_owned(), stored)
+            .await
+            .map_err(password_error)?
+        {
             return Err(bad_credentials());
         }
         let record = record.ok_or_else(bad_credentials)?;

@@ -2,6 +2,7 @@
 
 use crate::conversations::{Target, member_of, resolve};
 use bytes::Bytes;
+use parley::ApiError;
 use parley::backends::Backends;
 use parley::bus::Topic;
 use parley::ids::{ConversationId, MessageId, UserId, parse_client_msg_id};
@@ -11,14 +12,18 @@ use parley::proto::{
 use parley::protocol::{MAX_BODY_CHARS, server};
 use parley::push::{Outgoing, Pusher};
 use parley::time::now_ms;
-use parley::{ApiError, ErrorCode};
 use prost::Message;
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// How long a `client_msg_id` is remembered in the registry; past that the
-/// store's unique index still catches a resend.
-const DEDUPE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a published `client_msg_id` is remembered in the registry. It
+/// only has to cover the time until the sequencer stores the message; from
+/// then on the store's unique index answers resends.
+const DEDUPE_TTL: Duration = Duration::from_secs(3600);
+/// How long a claim may stay "pending" (publish in flight). Longer than any
+/// publish takes; short, so a crash between claim and publish does not
+/// block retries for long.
+const PENDING_TTL: Duration = Duration::from_secs(30);
 pub const DEFAULT_PAGE: usize = 50;
 pub const MAX_PAGE: usize = 200;
 pub const DEFAULT_SYNC_PAGE: usize = 200;
@@ -63,13 +68,20 @@ fn validate_body(body: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The registry remembers "id conversation sent_at" per client message id.
-fn encode_claim(m: &ChatMessage) -> String {
-    format!("{} {} {}", m.id, m.conversation_id, m.sent_at_ms)
+/// The registry remembers "<state> id conversation sent_at" per client
+/// message id, where state is `pending` while the publish is in flight and
+/// `sent` once the message is durable.
+fn encode_claim(state: &str, m: &ChatMessage) -> String {
+    format!("{state} {} {} {}", m.id, m.conversation_id, m.sent_at_ms)
 }
 
+/// The message a `sent` claim stands for; `None` for a pending or
+/// unreadable one.
 fn decode_claim(raw: &str, from: &str, client_msg_id: &str, body: &str) -> Option<ChatMessage> {
     let mut parts = raw.split(' ');
+    if parts.next()? != "sent" {
+        return None;
+    }
     let id = parts.next()?.to_owned();
     let conversation_id = parts.next()?.to_owned();
     let sent_at_ms = parts.next()?.parse().ok()?;
@@ -128,15 +140,20 @@ impl Chat {
         let claim_key = format!("dedupe:{}:{}", user, client_msg_id);
         let registry = &self.backends.registry;
         if let Some(earlier) = registry
-            .claim(&claim_key, &encode_claim(&message), DEDUPE_TTL)
+            .claim(&claim_key, &encode_claim("pending", &message), PENDING_TTL)
             .await?
         {
-            let message = decode_claim(&earlier, user.as_str(), &client_msg_id, body)
-                .ok_or_else(|| ApiError::new(ErrorCode::Internal, "corrupt dedupe entry"))?;
-            return Ok(Sent {
-                message,
-                duplicate: true,
-            });
+            // Acking a duplicate before the original is durable could ack a
+            // message that never exists: a pending original means "retry".
+            return match decode_claim(&earlier, user.as_str(), &client_msg_id, body) {
+                Some(message) => Ok(Sent {
+                    message,
+                    duplicate: true,
+                }),
+                None => Err(ApiError::unavailable(
+                    "a message with this client_msg_id is being sent; retry shortly",
+                )),
+            };
         }
         let event = ChatEvent {
             event: Some(chat_event::Event::MessageSent(message.clone())),
@@ -154,6 +171,14 @@ impl Chat {
             // Not durable, so not sent: let the client's retry claim again.
             let _ = registry.release(&claim_key).await;
             return Err(e.into());
+        }
+        if let Err(e) = registry
+            .settle(&claim_key, &encode_claim("sent", &message), DEDUPE_TTL)
+            .await
+        {
+            // The message is durable; a resend within PENDING_TTL is asked
+            // to retry, after it the store's index answers.
+            tracing::warn!(error = %e, "cannot mark dedupe claim as sent");
         }
         metrics::counter!("parley_chat_messages_sent_total").increment(1);
         Ok(Sent {
@@ -328,7 +353,8 @@ mod tests {
             sent_at_ms: 42,
             ..Default::default()
         };
-        let back = decode_claim(&encode_claim(&m), "u", "cm", "b").unwrap();
+        assert!(decode_claim(&encode_claim("pending", &m), "u", "cm", "b").is_none());
+        let back = decode_claim(&encode_claim("sent", &m), "u", "cm", "b").unwrap();
         assert_eq!(
             (
                 back.id.as_str(),

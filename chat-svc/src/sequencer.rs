@@ -10,7 +10,7 @@ use parley::bus::{Record, Subscription, Topic};
 use parley::proto::{ChatEvent, ChatMessage, Conversation, ReceiptEvent, ReceiptKind, chat_event};
 use parley::protocol::server;
 use parley::push::Outgoing;
-use parley::store::StoreError;
+use parley::store::{Appended, Store, StoreError};
 use prost::Message;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -122,21 +122,22 @@ async fn process(chat: &Chat, batch: &[Record]) -> Result<(), StoreError> {
     for step in steps(batch) {
         match step {
             Step::Messages(run) => {
-                let appended = store.append_messages(&run).await?;
-                for (sent, stored) in run.iter().zip(appended) {
+                for (sent, stored) in append_run(store, &run).await? {
                     // A resend under a new id is not news; a replay of the
                     // same event is pushed again (clients dedupe by id).
                     if !stored.fresh && stored.message.id != sent.id {
                         continue;
                     }
-                    let users =
-                        conversation_members(store, &mut members, &stored.message.conversation_id)
-                            .await?;
                     metrics::counter!("parley_chat_messages_persisted_total").increment(1);
-                    outgoing.push(Outgoing {
-                        users,
-                        frame: server::new_message(&stored.message).into(),
-                    });
+                    let conversation = &stored.message.conversation_id;
+                    if let Some(users) =
+                        conversation_members(store, &mut members, conversation).await?
+                    {
+                        outgoing.push(Outgoing {
+                            users,
+                            frame: server::new_message(&stored.message).into(),
+                        });
+                    }
                 }
             }
             Step::Receipt(receipt) => {
@@ -154,12 +155,13 @@ async fn process(chat: &Chat, batch: &[Record]) -> Result<(), StoreError> {
                     .await
                 {
                     Ok(moved) => moved,
-                    Err(StoreError::NoConversation(_)) => None,
+                    Err(e) if is_permanent(&e) => None,
                     Err(e) => return Err(e),
                 };
-                if let Some(up_to_seq) = moved {
-                    let users =
-                        conversation_members(store, &mut members, &receipt.conversation_id).await?;
+                let Some(up_to_seq) = moved else { continue };
+                if let Some(users) =
+                    conversation_members(store, &mut members, &receipt.conversation_id).await?
+                {
                     outgoing.push(Outgoing {
                         users,
                         frame: server::receipt(&ReceiptEvent {
@@ -176,19 +178,54 @@ async fn process(chat: &Chat, batch: &[Record]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Errors retrying cannot cure: the record itself is bad.
+fn is_permanent(e: &StoreError) -> bool {
+    matches!(e, StoreError::NoConversation(_) | StoreError::Corrupt(_))
+}
+
+/// Appends a run of messages in one store call. If the run holds a record
+/// that can never be stored, it is retried message by message and the bad
+/// ones are logged and skipped, so one poisoned record cannot stall its
+/// partition forever. Transient errors are returned for a retry.
+async fn append_run(
+    store: &dyn Store,
+    run: &[ChatMessage],
+) -> Result<Vec<(ChatMessage, Appended)>, StoreError> {
+    match store.append_messages(run).await {
+        Ok(appended) => Ok(run.iter().cloned().zip(appended).collect()),
+        Err(e) if is_permanent(&e) => {
+            let mut out = Vec::with_capacity(run.len());
+            for m in run {
+                match store.append_messages(std::slice::from_ref(m)).await {
+                    Ok(one) => out.extend(one.into_iter().map(|a| (m.clone(), a))),
+                    Err(e) if is_permanent(&e) => {
+                        tracing::error!(id = %m.id, conversation = %m.conversation_id, error = %e, "message cannot be stored; skipped");
+                        metrics::counter!("parley_chat_messages_dead_lettered_total").increment(1);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The members of a conversation (cached for the batch); `None` when it
+/// does not exist, which no retry will change.
 async fn conversation_members(
-    store: &dyn parley::store::Store,
+    store: &dyn Store,
     cache: &mut HashMap<String, Conversation>,
     id: &str,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Option<Vec<String>>, StoreError> {
     if let Some(c) = cache.get(id) {
-        return Ok(c.members.clone());
+        return Ok(Some(c.members.clone()));
     }
-    let c = store
-        .conversation(id)
-        .await?
-        .ok_or_else(|| StoreError::NoConversation(id.to_owned()))?;
+    let Some(c) = store.conversation(id).await? else {
+        tracing::error!(conversation = %id, "event for a conversation that does not exist");
+        return Ok(None);
+    };
     let members = c.members.clone();
     cache.insert(id.to_owned(), c);
-    Ok(members)
+    Ok(Some(members))
 }

@@ -6,19 +6,20 @@ use crate::http_error::HttpError;
 use crate::state::EdgeState;
 use crate::{telemetry, web, ws};
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use parley::ApiError;
 use parley::discovery::kind;
 use parley::proto::{
     GetPresenceRequest, GetUsersRequest, HistoryRequest, ListConversationsRequest, LoginRequest,
     RegisterRequest, SearchUsersRequest, User, VerifyTokenRequest,
 };
 use parley::protocol::{message_json, user_json};
+use parley::{ApiError, ErrorCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -50,8 +51,17 @@ pub fn router(state: EdgeState) -> Router {
         .with_state(state)
 }
 
-fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, HttpError> {
-    serde_json::from_slice(body)
+/// The body as JSON of `T`; an oversized body is `too_large` (413), any
+/// other problem `invalid` (400), both with the protocol's JSON error.
+fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, HttpError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(ErrorCode::TooLarge, "request body too large")
+        } else {
+            ApiError::invalid(rejection.body_text())
+        }
+    })?;
+    serde_json::from_slice(&body)
         .map_err(|e| HttpError(ApiError::invalid(format!("invalid request body: {e}"))))
 }
 
@@ -67,8 +77,12 @@ impl FromRequestParts<EdgeState> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then_some(token.trim())
+            })
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
         let reply = state
@@ -97,9 +111,9 @@ struct RegisterBody {
 
 async fn register(
     State(state): State<EdgeState>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, HttpError> {
-    let b: RegisterBody = parse_body(&body)?;
+    let b: RegisterBody = parse_body(body)?;
     let reply = state
         .auth()
         .await?
@@ -126,9 +140,9 @@ struct LoginBody {
 
 async fn login(
     State(state): State<EdgeState>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, HttpError> {
-    let b: LoginBody = parse_body(&body)?;
+    let b: LoginBody = parse_body(body)?;
     let reply = state
         .auth()
         .await?

@@ -4,6 +4,8 @@
 //!   status; each change of what others see becomes a `user-presence` event.
 //! - [`fanout`]: the `user-presence` consumer that pushes each change to the
 //!   users who share a conversation with that user, and nobody else.
+//! - the sweeper ([`Presence::sweep`]): offline for users whose sessions
+//!   expired without a close.
 //! - [`grpc`]: the tonic adapter, and [`serve`] to run it with its consumer.
 
 pub mod fanout;
@@ -24,11 +26,13 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), parley::grpc::ServeError> {
     let fanout = tokio::spawn(fanout::run(presence.clone(), shutdown.clone()));
+    let sweeper = tokio::spawn(presence.clone().sweep());
     let routes = tonic::service::Routes::new(grpc::server(presence));
     let served =
         parley::grpc::serve(listener, routes, grpc::NAMES, backends, shutdown.clone()).await;
     shutdown.cancel();
     let _ = fanout.await;
+    let _ = sweeper.await;
     served
 }
 
@@ -38,7 +42,12 @@ pub async fn run_standalone(node: &parley::node::NodeArgs) -> Result<(), parley:
     let node = parley::node::Node::start(parley::discovery::kind::PRESENCE, node, None).await?;
     node.stop_on_signal();
     let (parts, announcer) = node.into_parts();
-    let presence = Presence::new(parts.backends.clone(), parts.pusher, parts.liveness);
+    let presence = Presence::new(
+        parts.backends.clone(),
+        parts.pusher,
+        parts.liveness,
+        parts.shutdown.clone(),
+    );
     let served = serve(parts.grpc, presence, parts.backends, parts.shutdown.clone()).await;
     parts.shutdown.cancel();
     let _ = announcer.await;

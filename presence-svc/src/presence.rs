@@ -1,6 +1,11 @@
 //! The presence domain. A user is online while they have a live session;
 //! a clean close of the last one makes them offline at once, a dropped one
-//! only after the grace period, so a flaky network does not flap.
+//! only after the grace period, so a flaky network does not flap. Sessions
+//! that expire (a dead edge) are found by a periodic sweep.
+//!
+//! Every decision re-reads the user's live sessions and is taken under a
+//! per-user lock, so a reload (close + open racing) cannot leave a
+//! connected user shown offline.
 
 use bytes::Bytes;
 use parley::ApiError;
@@ -13,24 +18,49 @@ use parley::push::Pusher;
 use parley::registry::{PresenceRecord, SessionEntry};
 use parley::time::now_ms;
 use prost::Message;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 pub const ONLINE: &str = "online";
 pub const OFFLINE: &str = "offline";
+
+/// Per-user serialization without a map that grows with users: users are
+/// striped over a fixed set of async locks (held across registry calls,
+/// hence tokio's mutex).
+const STRIPES: usize = 64;
 
 #[derive(Clone, Debug)]
 pub struct Presence {
     pub(crate) backends: Backends,
     pub(crate) pusher: Pusher,
     liveness: Liveness,
+    stripes: Arc<Vec<Mutex<()>>>,
+    shutdown: CancellationToken,
 }
 
 impl Presence {
-    pub fn new(backends: Backends, pusher: Pusher, liveness: Liveness) -> Self {
+    /// `shutdown` ends pending grace-period timers and the sweeper.
+    pub fn new(
+        backends: Backends,
+        pusher: Pusher,
+        liveness: Liveness,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             backends,
             pusher,
             liveness,
+            stripes: Arc::new((0..STRIPES).map(|_| Mutex::new(())).collect()),
+            shutdown,
         }
+    }
+
+    fn stripe(&self, user: &str) -> &Mutex<()> {
+        let mut h = DefaultHasher::new();
+        user.hash(&mut h);
+        &self.stripes[(h.finish() as usize) % STRIPES]
     }
 
     /// Records a new session; the user's first makes them online. Answers
@@ -40,12 +70,10 @@ impl Presence {
         session: &SessionEntry,
     ) -> Result<Vec<PresenceRecord>, ApiError> {
         let registry = &self.backends.registry;
-        let count = registry
+        registry
             .add_session(session, self.liveness.session_ttl)
             .await?;
-        if count == 1 {
-            self.change(&session.user_id, ONLINE).await?;
-        }
+        self.reconcile(&session.user_id).await?;
         let contacts = self.backends.store.contacts(&session.user_id).await?;
         let mut online = registry.presence_of(&contacts).await?;
         online.retain(|p| p.status != OFFLINE);
@@ -60,21 +88,17 @@ impl Presence {
             return Ok(());
         }
         if clean {
-            return self.change(&session.user_id, OFFLINE).await;
+            return self.reconcile(&session.user_id).await;
         }
         let this = self.clone();
         let user = session.user_id.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(this.liveness.offline_grace).await;
-            let back = this
-                .backends
-                .registry
-                .sessions_of(std::slice::from_ref(&user))
-                .await
-                .map(|s| !s.is_empty())
-                .unwrap_or(true);
-            if !back && let Err(e) = this.change(&user, OFFLINE).await {
-                tracing::warn!(%user, error = %e, "cannot mark user offline");
+            tokio::select! {
+                () = tokio::time::sleep(this.liveness.offline_grace) => {}
+                () = this.shutdown.cancelled() => return,
+            }
+            if let Err(e) = this.reconcile(&user).await {
+                tracing::warn!(%user, error = %e, "cannot update presence after the grace period");
             }
         });
         Ok(())
@@ -89,34 +113,92 @@ impl Presence {
         Ok(())
     }
 
-    /// `online`, `away` or `busy`, chosen by the user.
+    /// `online`, `away` or `busy`, chosen by a connected user.
     pub async fn set_status(&self, user: &UserId, status: &str) -> Result<(), ApiError> {
         if !matches!(status, "online" | "away" | "busy") {
             return Err(ApiError::invalid(
                 "status must be \"online\", \"away\" or \"busy\"",
             ));
         }
-        self.change(user.as_str(), status).await
+        let _serial = self.stripe(user.as_str()).lock().await;
+        if self.live(user.as_str()).await? {
+            self.change(user.as_str(), status).await?;
+        }
+        Ok(())
     }
 
     pub async fn get(&self, users: &[String]) -> Result<Vec<PresenceRecord>, ApiError> {
         Ok(self.backends.registry.presence_of(users).await?)
     }
 
-    /// Stores the new status and publishes the change, if it is one.
-    async fn change(&self, user: &str, status: &str) -> Result<(), ApiError> {
-        let registry = &self.backends.registry;
-        let previous = registry
+    /// Periodically marks offline the users whose sessions all expired
+    /// without a close (an edge that died, a lost close call).
+    pub async fn sweep(self) {
+        let mut ticker = tokio::time::interval(self.liveness.session_heartbeat());
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            let present = match self.backends.registry.present_users().await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence sweep cannot list users");
+                    continue;
+                }
+            };
+            for p in present {
+                if let Err(e) = self.reconcile(&p.user_id).await {
+                    tracing::warn!(user = %p.user_id, error = %e, "presence sweep failed");
+                }
+            }
+        }
+    }
+
+    async fn live(&self, user: &str) -> Result<bool, ApiError> {
+        Ok(!self
+            .backends
+            .registry
+            .sessions_of(&[user.to_owned()])
+            .await?
+            .is_empty())
+    }
+
+    /// Makes the stored status agree with the live sessions: online if any
+    /// and the user was offline, offline if none.
+    async fn reconcile(&self, user: &str) -> Result<(), ApiError> {
+        let _serial = self.stripe(user).lock().await;
+        let live = self.live(user).await?;
+        let current = self.status(user).await?;
+        match (live, current.as_str()) {
+            (true, OFFLINE) => self.change(user, ONLINE).await,
+            (false, status) if status != OFFLINE => self.change(user, OFFLINE).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn status(&self, user: &str) -> Result<String, ApiError> {
+        Ok(self
+            .backends
+            .registry
             .presence_of(&[user.to_owned()])
             .await?
             .pop()
             .map(|p| p.status)
-            .unwrap_or_else(|| OFFLINE.to_owned());
+            .unwrap_or_else(|| OFFLINE.to_owned()))
+    }
+
+    /// Stores the new status and publishes the change, if it is one.
+    /// Callers hold the user's stripe.
+    async fn change(&self, user: &str, status: &str) -> Result<(), ApiError> {
+        let previous = self.status(user).await?;
         if previous == status {
             return Ok(());
         }
         let now = now_ms();
-        registry
+        self.backends
+            .registry
             .set_presence(&PresenceRecord {
                 user_id: user.to_owned(),
                 status: status.to_owned(),

@@ -110,7 +110,7 @@ impl App {
             let (b, s) = (backends.clone(), shutdown.clone());
             async move { log_exit("chat", parley_chat::serve(chat_l, chat, b, s).await) }
         }));
-        let presence = Presence::new(backends.clone(), pusher, config.liveness);
+        let presence = Presence::new(backends.clone(), pusher, config.liveness, shutdown.clone());
         tasks.push(tokio::spawn({
             let (b, s) = (backends.clone(), shutdown.clone());
             async move {

@@ -21,6 +21,8 @@ use tokio::sync::{oneshot, watch};
 const LOG: TableDefinition<(u8, u32, u64), (&str, &[u8])> = TableDefinition::new("log");
 /// (group, topic, partition) → next offset to consume.
 const OFFSETS: TableDefinition<(&str, u8, u32), u64> = TableDefinition::new("offsets");
+/// Settings the data was written with: `partitions`.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Most operations folded into one write transaction.
 const MAX_GROUP_COMMIT: usize = 1024;
@@ -86,6 +88,26 @@ impl EmbeddedBus {
             let txn = db.begin_write().map_err(storage)?;
             txn.open_table(LOG).map_err(storage)?;
             txn.open_table(OFFSETS).map_err(storage)?;
+            {
+                // Keys were spread over the partition count of the first
+                // start; another count would strand records and break
+                // per-key order, so it is refused.
+                let mut meta = txn.open_table(META).map_err(storage)?;
+                let stored = meta.get("partitions").map_err(storage)?.map(|v| v.value());
+                match stored {
+                    Some(n) if n != u64::from(partitions) => {
+                        return Err(BusError::Storage(format!(
+                            "the bus in {} was created with {n} partitions, not {partitions}; keep the partition count of a data directory",
+                            dir.display()
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        meta.insert("partitions", u64::from(partitions))
+                            .map_err(storage)?;
+                    }
+                }
+            }
             txn.commit().map_err(storage)?;
             let txn = db.begin_read().map_err(storage)?;
             let log = txn.open_table(LOG).map_err(storage)?;
@@ -380,7 +402,9 @@ impl EmbeddedSubscription {
         Ok(())
     }
 
-    fn read(&mut self, max: usize) -> Result<Vec<Record>, BusError> {
+    /// The next records of the owned partitions. redb reads block, so they
+    /// run on the blocking pool; positions advance past what is returned.
+    async fn read(&mut self, max: usize) -> Result<Vec<Record>, BusError> {
         let heads = self
             .bus
             .inner
@@ -388,38 +412,57 @@ impl EmbeddedSubscription {
             .lock()
             .map_err(|_| BusError::Closed)?
             .clone();
-        let txn = self.bus.inner.db.begin_read().map_err(storage)?;
-        let log = txn.open_table(LOG).map_err(storage)?;
-        let t = self.topic.index();
-        let mut out = Vec::new();
-        let mut partitions: Vec<u32> = self.positions.keys().copied().collect();
-        partitions.sort_unstable();
-        for p in partitions {
-            let head = heads.get(&(self.topic, p)).copied().unwrap_or(0);
-            let Some(pos) = self.positions.get_mut(&p) else {
-                continue;
-            };
-            if *pos >= head || out.len() >= max {
-                continue;
-            }
-            for entry in log.range((t, p, *pos)..(t, p, head)).map_err(storage)? {
-                let (k, v) = entry.map_err(storage)?;
-                let (key, payload) = v.value();
-                out.push(Record {
-                    topic: self.topic,
-                    partition: p,
-                    offset: k.value().2,
-                    key: key.to_owned(),
-                    payload: Bytes::copy_from_slice(payload),
-                });
-                *pos = k.value().2 + 1;
-                if out.len() >= max {
-                    break;
-                }
+        let db = self.bus.inner.db.clone();
+        let topic = self.topic;
+        let mut positions = self.positions.clone();
+        let (records, positions) = tokio::task::spawn_blocking(move || {
+            read_log(&db, topic, &heads, &mut positions, max).map(|r| (r, positions))
+        })
+        .await
+        .map_err(storage)??;
+        self.positions = positions;
+        Ok(records)
+    }
+}
+
+fn read_log(
+    db: &Database,
+    topic: Topic,
+    heads: &HashMap<(Topic, u32), u64>,
+    positions: &mut HashMap<u32, u64>,
+    max: usize,
+) -> Result<Vec<Record>, BusError> {
+    let txn = db.begin_read().map_err(storage)?;
+    let log = txn.open_table(LOG).map_err(storage)?;
+    let t = topic.index();
+    let mut out = Vec::new();
+    let mut partitions: Vec<u32> = positions.keys().copied().collect();
+    partitions.sort_unstable();
+    for p in partitions {
+        let head = heads.get(&(topic, p)).copied().unwrap_or(0);
+        let Some(pos) = positions.get_mut(&p) else {
+            continue;
+        };
+        if *pos >= head || out.len() >= max {
+            continue;
+        }
+        for entry in log.range((t, p, *pos)..(t, p, head)).map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            let (key, payload) = v.value();
+            out.push(Record {
+                topic,
+                partition: p,
+                offset: k.value().2,
+                key: key.to_owned(),
+                payload: Bytes::copy_from_slice(payload),
+            });
+            *pos = k.value().2 + 1;
+            if out.len() >= max {
+                break;
             }
         }
-        Ok(out)
     }
+    Ok(out)
 }
 
 #[async_trait]
@@ -432,7 +475,7 @@ impl Subscription for EmbeddedSubscription {
             // Mark the current version seen before reading, so a publish that
             // lands after the read still wakes us.
             self.version.borrow_and_update();
-            let batch = self.read(max.max(1))?;
+            let batch = self.read(max.max(1)).await?;
             if !batch.is_empty() {
                 return Ok(batch);
             }
@@ -446,8 +489,10 @@ impl Subscription for EmbeddedSubscription {
     async fn commit(&mut self, records: &[Record]) -> Result<(), BusError> {
         let mut offsets: HashMap<u32, u64> = HashMap::new();
         for r in records {
-            // A partition taken away by a rebalance is its new owner's to
-            // commit; like Kafka, a stale member's commit is dropped.
+            // Only partitions this member still owns, as far as it knows: it
+            // learns of a rebalance at its next `next_batch`, so for a moment
+            // two members may process one partition. Stores must therefore
+            // sequence idempotently (the store appends are serialized).
             if self.positions.contains_key(&r.partition) {
                 let next = offsets.entry(r.partition).or_insert(0);
                 *next = (*next).max(r.offset + 1);
@@ -475,5 +520,19 @@ impl Drop for EmbeddedSubscription {
             g.members.retain(|m| *m != self.member);
             g.generation.send_modify(|n| *n += 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_keeps_its_partition_count() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(EmbeddedBus::open(dir.path(), 4).unwrap());
+        let err = EmbeddedBus::open(dir.path(), 8).unwrap_err();
+        assert!(err.to_string().contains("4 partitions"), "{err}");
+        assert!(EmbeddedBus::open(dir.path(), 4).is_ok());
     }
 }

@@ -92,6 +92,18 @@ pub async fn sessions_count_refresh_and_expire(registry: Arc<dyn Registry>) {
     );
     assert_eq!(registry.remove_session(&s("1")).await.unwrap(), 1);
     assert_eq!(registry.remove_session(&s("2")).await.unwrap(), 0);
+    assert!(
+        registry
+            .sessions_of(std::slice::from_ref(&user))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A heartbeat that raced the close does not bring the session back.
+    registry
+        .refresh_sessions(&[s("1")], Duration::from_secs(30))
+        .await
+        .unwrap();
     assert!(registry.sessions_of(&[user]).await.unwrap().is_empty());
 }
 
@@ -103,7 +115,24 @@ pub async fn presence_is_kept_per_user(registry: Arc<dyn Registry>) {
         last_seen_ms: 42,
     };
     registry.set_presence(&record).await.unwrap();
-    assert_eq!(registry.presence_of(&[a, b]).await.unwrap(), [record]);
+    assert_eq!(
+        registry.presence_of(&[a.clone(), b]).await.unwrap(),
+        std::slice::from_ref(&record)
+    );
+    assert!(registry.present_users().await.unwrap().contains(&record));
+    let offline = PresenceRecord {
+        status: "offline".into(),
+        ..record
+    };
+    registry.set_presence(&offline).await.unwrap();
+    assert!(
+        !registry
+            .present_users()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.user_id == a)
+    );
 }
 
 /// A claim holds until released or expired; the holder's value is answered.
@@ -118,6 +147,15 @@ pub async fn claims_are_exclusive(registry: Arc<dyn Registry>) {
             .unwrap()
             .as_deref(),
         Some("first")
+    );
+    registry.settle(&key, "settled", ttl).await.unwrap();
+    assert_eq!(
+        registry
+            .claim(&key, "second", ttl)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("settled")
     );
     registry.release(&key).await.unwrap();
     assert_eq!(

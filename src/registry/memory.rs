@@ -10,6 +10,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// How long a removed session is remembered (longer than any heartbeat
+/// round trip that could race its removal).
+const REMOVED_MEMORY: Duration = Duration::from_secs(120);
+
 #[derive(Debug, Default)]
 pub struct MemoryRegistry {
     state: Mutex<State>,
@@ -20,6 +24,9 @@ struct State {
     services: HashMap<(String, String), (ServiceEntry, Instant)>,
     /// user → session id → (entry, expiry)
     sessions: HashMap<String, HashMap<String, (SessionEntry, Instant)>>,
+    /// Sessions removed within a session TTL: a heartbeat snapshot taken
+    /// before the close must not resurrect them.
+    removed: HashMap<String, Instant>,
     presence: HashMap<String, PresenceRecord>,
     claims: HashMap<String, (String, Instant)>,
     /// Expired claims are dropped lazily; a sweep runs when the map has
@@ -101,6 +108,11 @@ impl Registry for MemoryRegistry {
     async fn remove_session(&self, session: &SessionEntry) -> Result<usize, RegistryError> {
         let now = Instant::now();
         let mut state = self.lock()?;
+        let tombstone = now + REMOVED_MEMORY;
+        state.removed.insert(session.session_id.clone(), tombstone);
+        if state.removed.len() > 1024 {
+            state.removed.retain(|_, until| *until > now);
+        }
         let left = match live_sessions(&mut state, &session.user_id, now) {
             Some(sessions) => {
                 sessions.remove(&session.session_id);
@@ -119,9 +131,17 @@ impl Registry for MemoryRegistry {
         sessions: &[SessionEntry],
         ttl: Duration,
     ) -> Result<(), RegistryError> {
-        let expiry = Instant::now() + ttl;
+        let now = Instant::now();
+        let expiry = now + ttl;
         let mut state = self.lock()?;
         for s in sessions {
+            if state
+                .removed
+                .get(&s.session_id)
+                .is_some_and(|until| *until > now)
+            {
+                continue;
+            }
             state
                 .sessions
                 .entry(s.user_id.clone())
@@ -148,6 +168,16 @@ impl Registry for MemoryRegistry {
             .presence
             .insert(record.user_id.clone(), record.clone());
         Ok(())
+    }
+
+    async fn present_users(&self) -> Result<Vec<PresenceRecord>, RegistryError> {
+        let state = self.lock()?;
+        Ok(state
+            .presence
+            .values()
+            .filter(|p| p.status != "offline")
+            .cloned()
+            .collect())
     }
 
     async fn presence_of(&self, users: &[String]) -> Result<Vec<PresenceRecord>, RegistryError> {
@@ -179,6 +209,14 @@ impl Registry for MemoryRegistry {
                 Ok(None)
             }
         }
+    }
+
+    async fn settle(&self, key: &str, value: &str, ttl: Duration) -> Result<(), RegistryError> {
+        let expiry = Instant::now() + ttl;
+        self.lock()?
+            .claims
+            .insert(key.to_owned(), (value.to_owned(), expiry));
+        Ok(())
     }
 
     async fn release(&self, key: &str) -> Result<(), RegistryError> {

@@ -74,7 +74,8 @@ pub trait Registry: Send + Sync + 'static {
     ) -> Result<usize, RegistryError>;
     /// Removes a session; answers how many the user has left.
     async fn remove_session(&self, session: &SessionEntry) -> Result<usize, RegistryError>;
-    /// Extends the TTL of sessions an edge still holds.
+    /// Extends the TTL of sessions an edge still holds. A session removed
+    /// recently is not brought back by a heartbeat that raced its close.
     async fn refresh_sessions(
         &self,
         sessions: &[SessionEntry],
@@ -86,6 +87,9 @@ pub trait Registry: Send + Sync + 'static {
     async fn set_presence(&self, record: &PresenceRecord) -> Result<(), RegistryError>;
     /// Presence of these users; users never seen are absent.
     async fn presence_of(&self, users: &[String]) -> Result<Vec<PresenceRecord>, RegistryError>;
+    /// Every user whose status is not `offline`, so a sweeper can find those
+    /// whose sessions all expired.
+    async fn present_users(&self) -> Result<Vec<PresenceRecord>, RegistryError>;
 
     /// Claims `key` for `value` unless it is held: answers `None` when the
     /// claim is ours, or the value already there (SET NX).
@@ -95,6 +99,8 @@ pub trait Registry: Send + Sync + 'static {
         value: &str,
         ttl: Duration,
     ) -> Result<Option<String>, RegistryError>;
+    /// Replaces the value of a claim (held or not) and its TTL.
+    async fn settle(&self, key: &str, value: &str, ttl: Duration) -> Result<(), RegistryError>;
     /// Drops a claim, so a failed operation can be retried.
     async fn release(&self, key: &str) -> Result<(), RegistryError>;
 

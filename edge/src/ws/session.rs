@@ -1,9 +1,12 @@
 //! One WebSocket connection from upgrade to close.
 //!
 //! A single task owns the socket: it selects over the next client frame,
-//! the next pushed frame and the close signals. Commands are handled one at
-//! a time, in order, so a client's acks arrive in the order it sent; pushed
-//! frames wait in the bounded outbox meanwhile.
+//! the next pushed frame, a ping timer, the token's expiry and the close
+//! signals. Commands are handled one at a time, in order, so a client's
+//! acks arrive in the order it sent; pushed frames wait in the bounded
+//! outbox meanwhile. Every write has a deadline, so a client that stops
+//! reading cannot pin the task; a client that stops answering pings is
+//! dropped.
 
 use super::close;
 use super::commands::Connection;
@@ -16,38 +19,57 @@ use parley::proto::{
     CloseSessionRequest, OpenSessionRequest, SessionRef, User, VerifyTokenRequest,
 };
 use parley::protocol::{ClientFrame, decode, server};
+use parley::time::now_ms;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::{Instant, timeout};
 use tracing::Instrument;
+
+/// Longest a single write may take before the client counts as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The edge pings every connection this often…
+const PING_EVERY: Duration = Duration::from_secs(30);
+/// …and drops one it has heard nothing from (not even a pong) this long.
+const IDLE_LIMIT: Duration = Duration::from_secs(75);
 
 pub async fn run(socket: WebSocket, state: EdgeState) {
     let session_id = new_session_id();
     let span = tracing::info_span!("ws", session = %session_id, user = tracing::field::Empty);
     async move {
         let mut socket = socket;
-        let Some(user) = join(&mut socket, &state).await else {
+        let Some((user, expires_at_ms)) = join(&mut socket, &state).await else {
             return;
         };
         tracing::Span::current().record("user", user.id.as_str());
-        serve_joined(socket, state, session_id, user).await;
+        serve_joined(socket, state, session_id, user, expires_at_ms).await;
     }
     .instrument(span)
     .await
 }
 
+/// Writes one message within [`WRITE_TIMEOUT`]; false when the client is
+/// gone or too slow to take it.
+async fn write(socket: &mut WebSocket, message: Message) -> bool {
+    matches!(
+        timeout(WRITE_TIMEOUT, socket.send(message)).await,
+        Ok(Ok(()))
+    )
+}
+
 async fn send_close(socket: &mut WebSocket, code: u16, reason: &'static str) {
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        })))
-        .await;
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    write(socket, Message::Close(Some(frame))).await;
 }
 
 /// Waits for `join` and checks its token. Anything else first, nothing in
-/// time, or a bad token closes the socket with 4001.
-async fn join(socket: &mut WebSocket, state: &EdgeState) -> Option<User> {
-    let deadline = tokio::time::Instant::now() + state.config.join_timeout;
+/// time, or a bad token closes the socket with 4001. Answers the user and
+/// when their token expires.
+async fn join(socket: &mut WebSocket, state: &EdgeState) -> Option<(User, i64)> {
+    let deadline = Instant::now() + state.config.join_timeout;
     loop {
         let next = tokio::time::timeout_at(deadline, socket.recv()).await;
         let text = match next {
@@ -55,7 +77,13 @@ async fn join(socket: &mut WebSocket, state: &EdgeState) -> Option<User> {
                 send_close(socket, close::NOT_JOINED, "join timeout").await;
                 return None;
             }
-            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return None,
+            Ok(Some(Err(e))) => {
+                if is_capacity(&e) {
+                    send_close(socket, close::TOO_BIG, "frame too large").await;
+                }
+                return None;
+            }
+            Ok(None | Some(Ok(Message::Close(_)))) => return None,
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
             Ok(Some(Ok(Message::Binary(_)))) => {
                 send_close(socket, close::NOT_JOINED, "join first").await;
@@ -82,20 +110,18 @@ async fn join(socket: &mut WebSocket, state: &EdgeState) -> Option<User> {
                 .await
                 .map_err(ApiError::from)
                 .and_then(|r| {
-                    r.into_inner()
-                        .user
+                    let r = r.into_inner();
+                    r.user
+                        .map(|u| (u, r.expires_at_ms))
                         .ok_or_else(|| ApiError::unauthorized("invalid or expired token"))
                 }),
             Err(e) => Err(e),
         };
         return match verified {
-            Ok(user) => Some(user),
+            Ok(joined) => Some(joined),
             Err(e) => {
-                let _ = socket
-                    .send(Message::Text(
-                        server::error(reference.as_deref(), &e).into(),
-                    ))
-                    .await;
+                let frame = server::error(reference.as_deref(), &e);
+                write(socket, Message::Text(frame.into())).await;
                 let reason = if e.code == parley::ErrorCode::Unauthorized {
                     "unauthorized"
                 } else {
@@ -108,14 +134,28 @@ async fn join(socket: &mut WebSocket, state: &EdgeState) -> Option<User> {
     }
 }
 
-async fn serve_joined(mut socket: WebSocket, state: EdgeState, session_id: String, user: User) {
+/// How the main loop ended.
+enum Ending {
+    /// The client closed, or the server closed it on purpose.
+    Clean,
+    /// The connection dropped, timed out, or broke the protocol.
+    Dropped,
+}
+
+async fn serve_joined(
+    mut socket: WebSocket,
+    state: EdgeState,
+    session_id: String,
+    user: User,
+    expires_at_ms: i64,
+) {
     let (outbox, mut inbox) = mpsc::channel::<Utf8Bytes>(crate::sessions::OUTBOX);
     let kick = Arc::new(Notify::new());
     state.sessions.insert(
         session_id.clone(),
         SessionHandle {
             user_id: user.id.clone(),
-            outbox: outbox.clone(),
+            outbox,
             kick: kick.clone(),
         },
     );
@@ -134,73 +174,39 @@ async fn serve_joined(mut socket: WebSocket, state: EdgeState, session_id: Strin
             .map_err(ApiError::from),
         Err(e) => Err(e),
     };
-    let online = match online {
-        Ok(online) => online,
-        Err(e) => {
-            tracing::warn!(error = %e, "presence unavailable at join");
-            Vec::new()
-        }
-    };
+    let online = online.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "presence unavailable at join");
+        Vec::new()
+    });
     let greeting = server::connected(&user, &session_id, &state.config.node_id);
-    let mut ok = socket.send(Message::Text(greeting.into())).await.is_ok();
+    let mut ok = write(&mut socket, Message::Text(greeting.into())).await;
     for p in online {
         if !ok {
             break;
         }
         let frame = server::user_joined(&p.user_id, &p.status);
-        ok = socket.send(Message::Text(frame.into())).await.is_ok();
+        ok = write(&mut socket, Message::Text(frame.into())).await;
     }
     tracing::debug!("joined");
 
-    let mut connection = Connection::new(state.clone(), user);
-    drop(outbox);
-    let shutdown = state.shutdown.clone();
-    let mut clean = false;
-    while ok {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => {
-                send_close(&mut socket, close::GOING_AWAY, "server going away").await;
-                clean = true;
-                break;
-            }
-            () = kick.notified() => {
-                send_close(&mut socket, close::TOO_SLOW, "too slow, reconnect and sync").await;
-                break;
-            }
-            pushed = inbox.recv() => match pushed {
-                Some(frame) => ok = socket.send(Message::Text(frame)).await.is_ok(),
-                None => break,
-            },
-            incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Text(text))) => {
-                    for frame in connection.handle(text.as_str()).await {
-                        if socket.send(Message::Text(frame.into())).await.is_err() {
-                            ok = false;
-                            break;
-                        }
-                    }
-                }
-                Some(Ok(Message::Binary(_))) => {
-                    let err = ApiError::invalid("binary frames are not supported");
-                    ok = socket.send(Message::Text(server::error(None, &err).into())).await.is_ok();
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) => {
-                    clean = true;
-                    break;
-                }
-                Some(Err(e)) => {
-                    if is_capacity(&e) {
-                        send_close(&mut socket, close::TOO_BIG, "frame too large").await;
-                    }
-                    break;
-                }
-                None => break,
-            },
-        }
-    }
+    let ending = if ok {
+        let expires_in = u64::try_from(expires_at_ms.saturating_sub(now_ms())).unwrap_or(0);
+        let expiry = Instant::now() + Duration::from_millis(expires_in);
+        let mut connection = Connection::new(state.clone(), user);
+        serve_frames(
+            &mut socket,
+            &state,
+            &mut connection,
+            &mut inbox,
+            &kick,
+            expiry,
+        )
+        .await
+    } else {
+        Ending::Dropped
+    };
     state.sessions.remove(&session_id);
+    let clean = matches!(ending, Ending::Clean);
     let closed = match state.presence().await {
         Ok(mut p) => p
             .close_session(CloseSessionRequest {
@@ -216,6 +222,93 @@ async fn serve_joined(mut socket: WebSocket, state: EdgeState, session_id: Strin
         tracing::warn!(error = %e, "cannot report session close");
     }
     tracing::debug!(clean, "closed");
+}
+
+async fn serve_frames(
+    socket: &mut WebSocket,
+    state: &EdgeState,
+    connection: &mut Connection,
+    inbox: &mut mpsc::Receiver<Utf8Bytes>,
+    kick: &Notify,
+    expiry: Instant,
+) -> Ending {
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            () = state.shutdown.cancelled() => {
+                send_close(socket, close::GOING_AWAY, "server going away").await;
+                return Ending::Clean;
+            }
+            () = kick.notified() => {
+                send_close(socket, close::TOO_SLOW, "too slow, reconnect and sync").await;
+                return Ending::Dropped;
+            }
+            () = tokio::time::sleep_until(expiry) => {
+                let err = ApiError::unauthorized("token expired");
+                write(socket, Message::Text(server::error(None, &err).into())).await;
+                send_close(socket, close::NOT_JOINED, "token expired").await;
+                return Ending::Clean;
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > IDLE_LIMIT
+                    || !write(socket, Message::Ping(Default::default())).await
+                {
+                    return Ending::Dropped;
+                }
+            }
+            pushed = inbox.recv() => match pushed {
+                Some(frame) => {
+                    if !write(socket, Message::Text(frame)).await {
+                        return Ending::Dropped;
+                    }
+                }
+                None => return Ending::Dropped,
+            },
+            incoming = socket.recv() => {
+                if matches!(incoming, Some(Ok(_))) {
+                    last_heard = Instant::now();
+                }
+                match incoming {
+                    Some(Ok(Message::Text(text))) => {
+                        for frame in connection.handle(text.as_str()).await {
+                            if !write(socket, Message::Text(frame.into())).await {
+                                return Ending::Dropped;
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let err = ApiError::invalid("binary frames are not supported");
+                        if !write(socket, Message::Text(server::error(None, &err).into())).await {
+                            return Ending::Dropped;
+                        }
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) => {
+                        finish_close(socket).await;
+                        return Ending::Clean;
+                    }
+                    Some(Err(e)) => {
+                        if is_capacity(&e) {
+                            send_close(socket, close::TOO_BIG, "frame too large").await;
+                        }
+                        return Ending::Dropped;
+                    }
+                    None => return Ending::Dropped,
+                }
+            }
+        }
+    }
+}
+
+/// The close reply tungstenite queued is written on the next socket call:
+/// keep reading briefly so the client sees a clean close, not 1006.
+async fn finish_close(socket: &mut WebSocket) {
+    let _ = timeout(Duration::from_secs(1), async {
+        while let Some(Ok(_)) = socket.recv().await {}
+    })
+    .await;
 }
 
 fn is_capacity(e: &axum::Error) -> bool {

@@ -99,6 +99,15 @@ async fn rest_without_or_with_a_bad_token_is_401() {
     }
     let (status, _) = app.get("/api/conversations", Some(&erin.token)).await;
     assert_eq!(status, 200);
+    // The scheme is case-insensitive (RFC 7235).
+    let resp = app
+        .http
+        .get(app.url("/api/conversations"))
+        .header("authorization", format!("bearer {}", erin.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }
 
 /// An HS256 token for `user` signed with `secret`, expiring in

@@ -279,10 +279,11 @@ async fn a_flood_is_rate_limited_and_the_connection_survives() {
     let app = spawn_app().await;
     let alice = app.register("alice").await;
     let mut a = app.connect(&alice).await;
-    for i in 0..150 {
-        a.send(json!({"type": "ping", "ref": format!("f{i}")}))
-            .await;
-    }
+    // One write: the server sees the whole burst at once.
+    let frames: Vec<String> = (0..150)
+        .map(|i| json!({"type": "ping", "ref": format!("f{i}")}).to_string())
+        .collect();
+    a.send_batch(frames).await;
     let mut limited = 0;
     let mut answered = 0;
     for i in 0..150 {
@@ -296,4 +297,48 @@ async fn a_flood_is_rate_limited_and_the_connection_survives() {
     assert_eq!(answered, 150, "every frame gets an answer");
     assert!(limited > 0, "a burst of 150 frames was not limited");
     assert!(limited < 150, "the burst allowance was not honoured");
+}
+
+#[tokio::test]
+async fn a_socket_is_closed_when_its_token_expires() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let short_lived = TestUser {
+        token: forge_token(&alice.id, SECRET, 2),
+        ..alice
+    };
+    let mut ws = app.connect(&short_lived).await;
+    let err = ws.expect("error").await;
+    assert_eq!(err["code"], "unauthorized");
+    assert_eq!(
+        ws.closed().await,
+        Closed::Code(4001, "token expired".into())
+    );
+}
+
+#[tokio::test]
+async fn oversized_or_malformed_rest_bodies_get_json_errors() {
+    let app = spawn_app().await;
+    let resp = app
+        .http
+        .post(app.url("/api/auth/register"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"username":"{}"}}"#, "x".repeat(64 * 1024)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_large");
+
+    let resp = app
+        .http
+        .post(app.url("/api/auth/login"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid");
 }

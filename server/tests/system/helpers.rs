@@ -162,6 +162,14 @@ impl Ws {
         self.send_text(value.to_string()).await;
     }
 
+    /// Queues every frame, then flushes them together.
+    pub async fn send_batch(&mut self, texts: Vec<String>) {
+        for t in texts {
+            self.stream.feed(Message::Text(t.into())).await.unwrap();
+        }
+        self.stream.flush().await.unwrap();
+    }
+
     pub async fn send_text(&mut self, text: String) {
         self.stream.send(Message::Text(text.into())).await.unwrap();
     }

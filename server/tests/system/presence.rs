@@ -32,13 +32,23 @@ async fn contacts_see_each_other_join_and_a_clean_close_leaves_at_once() {
     assert_eq!(left["user_id"], alice.id.as_str());
     assert!(left["last_seen"].as_i64().unwrap() > 0);
 
-    // carol, who shares nothing with alice, heard nothing about her.
-    let ping = c.request(serde_json::json!({"type": "ping"}), "p").await;
-    assert_eq!(ping["type"], "ack");
-    assert!(
-        c.pending()
-            .iter()
-            .all(|f| f["user_id"] != alice.id.as_str())
+    // carol, who shared nothing with alice, heard nothing about her. The
+    // barrier: alice's events are consumed in order, and once alice writes
+    // to carol, carol is entitled to the next one. Had the earlier ones
+    // reached her, they would come first.
+    let mut a = app.connect(&alice).await;
+    // Once bob has heard alice is back, that event's fan-out is done and
+    // did not include carol.
+    b.expect_where(|v| v["type"] == "user_joined" && v["user_id"] == alice.id.as_str())
+        .await;
+    a.send_message(&carol.id, "hello carol").await;
+    a.expect("new_message").await;
+    c.expect("new_message").await;
+    a.close().await;
+    let first = c.expect_where(|v| v["user_id"] == alice.id.as_str()).await;
+    assert_eq!(
+        first["type"], "user_left",
+        "carol heard of alice too early: {first}"
     );
 }
 
@@ -54,12 +64,21 @@ async fn a_second_session_keeps_the_user_online() {
     assert_eq!(snapshot["user_id"], alice.id.as_str());
     let a2 = app.connect(&alice).await;
     a2.close().await;
-    // Closing one of two sessions is no news; closing the last one is.
-    a1.close().await;
-    let first = b
-        .expect_where(|v| v["type"] == "user_left" || v["type"] == "user_joined")
+    // A barrier through the same pipeline (alice's presence events are in
+    // order): if closing a2 had made alice offline, bob would see that first.
+    let away = a1
+        .request(
+            serde_json::json!({"type": "set_status", "status": "away"}),
+            "st",
+        )
         .await;
-    assert_eq!(first["type"], "user_left");
+    assert_eq!(away["type"], "ack", "{away}");
+    let next = b.expect_where(|v| v["user_id"] == alice.id.as_str()).await;
+    assert_eq!(next["type"], "presence", "{next}");
+    assert_eq!(next["status"], "away");
+    a1.close().await;
+    let left = b.expect_where(|v| v["user_id"] == alice.id.as_str()).await;
+    assert_eq!(left["type"], "user_left");
 }
 
 #[tokio::test]
