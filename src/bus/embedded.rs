@@ -291,9 +291,47 @@ impl Writer {
                     }
                 }
             }
+            trim(&mut log, &offsets, ops)?;
         }
         txn.commit().map_err(|e| e.to_string())
     }
+}
+
+/// Retention: drops the records of each partition a commit touched that
+/// every group on that topic has consumed. Only groups that committed count,
+/// so a group that joins later starts from the oldest record kept.
+fn trim(
+    log: &mut redb::Table<(u8, u32, u64), (&str, &[u8])>,
+    offsets: &redb::Table<(&str, u8, u32), u64>,
+    ops: &[WriteOp],
+) -> Result<(), String> {
+    let mut touched: Vec<(u8, u32)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Commit { topic, offsets, .. } => Some((topic.index(), offsets)),
+            WriteOp::Publish { .. } => None,
+        })
+        .flat_map(|(t, list)| list.iter().map(move |(p, _)| (t, *p)))
+        .collect();
+    if touched.is_empty() {
+        return Ok(());
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    let mut floors: HashMap<(u8, u32), u64> = HashMap::new();
+    for row in offsets.iter().map_err(|e| e.to_string())? {
+        let (k, v) = row.map_err(|e| e.to_string())?;
+        let (_, t, p) = k.value();
+        let floor = floors.entry((t, p)).or_insert(u64::MAX);
+        *floor = (*floor).min(v.value());
+    }
+    for (t, p) in touched {
+        if let Some(&floor) = floors.get(&(t, p)) {
+            log.retain_in((t, p, 0)..(t, p, floor), |_, _| false)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -526,6 +564,7 @@ impl Drop for EmbeddedSubscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::ReadableTableMetadata;
 
     #[test]
     fn a_data_dir_keeps_its_partition_count() {
@@ -534,5 +573,34 @@ mod tests {
         let err = EmbeddedBus::open(dir.path(), 8).unwrap_err();
         assert!(err.to_string().contains("4 partitions"), "{err}");
         assert!(EmbeddedBus::open(dir.path(), 4).is_ok());
+    }
+
+    #[tokio::test]
+    async fn records_every_group_consumed_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path(), 1).unwrap();
+        for i in 0..5u8 {
+            bus.publish(Topic::ChatMessages, "k", Bytes::from(vec![i]))
+                .await
+                .unwrap();
+        }
+        let mut first = bus.subscribe("first", Topic::ChatMessages).await.unwrap();
+        let consumed = first.next_batch(10).await.unwrap();
+        assert_eq!(consumed.len(), 5);
+        first.commit(&consumed).await.unwrap();
+        let count = |bus: &EmbeddedBus| {
+            let txn = bus.inner.db.begin_read().unwrap();
+            txn.open_table(LOG).unwrap().len().unwrap()
+        };
+        assert_eq!(count(&bus), 0, "consumed records were kept");
+        bus.publish(Topic::ChatMessages, "k", Bytes::from_static(b"new"))
+            .await
+            .unwrap();
+        // A group that never committed starts from the oldest record kept.
+        let mut late = bus.subscribe("late", Topic::ChatMessages).await.unwrap();
+        let seen = late.next_batch(10).await.unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].offset, 5);
+        assert_eq!(count(&bus), 1);
     }
 }
