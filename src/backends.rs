@@ -1,9 +1,17 @@
 //! Picks each backend's implementation from configuration and opens it.
+//! Setting `KAFKA_BROKERS`, `REDIS_URL` or `MONGODB_URL` switches that one
+//! backend to the real server; the others stay embedded.
+//!
+//! Start-up policy: a configured real backend that cannot be reached is a
+//! start-up failure that names the backend and its address, and the
+//! process exits non-zero (an orchestrator restarts it). Once running, a
+//! backend that goes away makes health NOT_SERVING and requests answer
+//! `unavailable` until it is back.
 
-use crate::bus::{EventBus, embedded::EmbeddedBus};
+use crate::bus::{EventBus, embedded::EmbeddedBus, kafka::KafkaBus};
 use crate::config::BackendConfig;
-use crate::registry::{Registry, memory::MemoryRegistry};
-use crate::store::{Store, embedded::EmbeddedStore};
+use crate::registry::{Registry, memory::MemoryRegistry, redis::RedisRegistry};
+use crate::store::{Store, embedded::EmbeddedStore, mongo::MongoStore};
 use std::sync::Arc;
 
 /// The three backends every role is built on. Cloning shares them.
@@ -28,53 +36,82 @@ pub enum BackendError {
         dir: String,
         cause: String,
     },
-    #[error(
-        "{name} is set, but this build has no {what} backend yet; unset it to use the embedded one"
-    )]
-    NotBuilt {
-        name: &'static str,
+    #[error("cannot reach {what} at {address}: {cause}")]
+    Unreachable {
         what: &'static str,
+        address: String,
+        cause: String,
     },
+}
+
+/// Hides credentials in a URL before it is printed.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
 }
 
 impl Backends {
     /// Opens the configured backends.
     pub async fn open(config: &BackendConfig) -> Result<Self, BackendError> {
-        if config.kafka_brokers.is_some() {
-            return Err(BackendError::NotBuilt {
-                name: "KAFKA_BROKERS",
-                what: "Kafka",
-            });
-        }
-        if config.redis_url.is_some() {
-            return Err(BackendError::NotBuilt {
-                name: "REDIS_URL",
-                what: "Redis",
-            });
-        }
-        if config.mongodb_url.is_some() {
-            return Err(BackendError::NotBuilt {
-                name: "MONGODB_URL",
-                what: "MongoDB",
-            });
-        }
         let dir = config.data_dir.display().to_string();
-        let bus = EmbeddedBus::open(&config.data_dir, config.partitions).map_err(|e| {
-            BackendError::Embedded {
-                what: "bus",
-                dir: dir.clone(),
-                cause: e.to_string(),
-            }
-        })?;
-        let store = EmbeddedStore::open(&config.data_dir).map_err(|e| BackendError::Embedded {
-            what: "store",
+        let embedded = |what: &'static str, cause: String| BackendError::Embedded {
+            what,
             dir: dir.clone(),
-            cause: e.to_string(),
-        })?;
+            cause,
+        };
+        let bus: Arc<dyn EventBus> = match &config.kafka_brokers {
+            Some(brokers) => Arc::new(
+                KafkaBus::connect(
+                    brokers,
+                    &config.topic_prefix,
+                    config.partitions,
+                    config.replication,
+                )
+                .await
+                .map_err(|e| BackendError::Unreachable {
+                    what: "Kafka",
+                    address: brokers.clone(),
+                    cause: e.to_string(),
+                })?,
+            ),
+            None => Arc::new(
+                EmbeddedBus::open(&config.data_dir, config.partitions)
+                    .map_err(|e| embedded("bus", e.to_string()))?,
+            ),
+        };
+        let registry: Arc<dyn Registry> = match &config.redis_url {
+            Some(url) => Arc::new(
+                RedisRegistry::connect(url, &config.redis_prefix)
+                    .await
+                    .map_err(|e| BackendError::Unreachable {
+                        what: "Redis",
+                        address: redact(url),
+                        cause: e.to_string(),
+                    })?,
+            ),
+            None => Arc::new(MemoryRegistry::new()),
+        };
+        let store: Arc<dyn Store> = match &config.mongodb_url {
+            Some(url) => Arc::new(
+                MongoStore::connect(url, config.mongodb_database.as_deref())
+                    .await
+                    .map_err(|e| BackendError::Unreachable {
+                        what: "MongoDB",
+                        address: redact(url),
+                        cause: e.to_string(),
+                    })?,
+            ),
+            None => Arc::new(
+                EmbeddedStore::open(&config.data_dir)
+                    .map_err(|e| embedded("store", e.to_string()))?,
+            ),
+        };
         Ok(Self {
-            bus: Arc::new(bus),
-            registry: Arc::new(MemoryRegistry::new()),
-            store: Arc::new(store),
+            bus,
+            registry,
+            store,
         })
     }
 
@@ -84,5 +121,19 @@ impl Backends {
         self.registry.ping().await.map_err(|e| e.to_string())?;
         self.store.ping().await.map_err(|e| e.to_string())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_not_printed() {
+        assert_eq!(
+            redact("mongodb://user:secret@db:27017/x"),
+            "mongodb://***@db:27017/x"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

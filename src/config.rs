@@ -26,6 +26,18 @@ pub struct BackendConfig {
     /// Partitions per topic (created at start-up when missing).
     #[arg(long, env = "PARLEY_PARTITIONS", global = true, default_value_t = 8)]
     pub partitions: u32,
+    /// Replication factor of the Kafka topics created at start-up.
+    #[arg(long, env = "PARLEY_REPLICATION", global = true, default_value_t = 1)]
+    pub replication: u16,
+    /// Prefix of every Redis key, so deployments can share a Redis.
+    #[arg(long, env = "PARLEY_REDIS_PREFIX", global = true, default_value = "parley")]
+    pub redis_prefix: String,
+    /// Prefix of the Kafka topic names (`<prefix>chat-messages`, ...).
+    #[arg(long, env = "PARLEY_TOPIC_PREFIX", global = true, default_value = "")]
+    pub topic_prefix: String,
+    /// MongoDB database; the one in MONGODB_URL's path, else `parley`.
+    #[arg(long, env = "PARLEY_MONGODB_DATABASE", global = true)]
+    pub mongodb_database: Option<String>,
 }
 
 impl BackendConfig {
@@ -37,6 +49,10 @@ impl BackendConfig {
             redis_url: None,
             mongodb_url: None,
             partitions: 8,
+            replication: 1,
+            redis_prefix: "parley".into(),
+            topic_prefix: String::new(),
+            mongodb_database: None,
         }
     }
 }

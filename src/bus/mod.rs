@@ -6,6 +6,7 @@
 //! and consume a topic as a member of a group, at least once.
 
 pub mod embedded;
+pub mod kafka;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -5,6 +5,7 @@
 //! Redis in production; [`memory::MemoryRegistry`] in one process.
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use std::time::Duration;

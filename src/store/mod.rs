@@ -7,6 +7,7 @@
 //! its original id and seq.
 
 pub mod embedded;
+pub mod mongo;
 
 use crate::proto::{ChatMessage, Conversation, ReceiptKind, User};
 use async_trait::async_trait;

@@ -1,0 +1,235 @@
+//! The event bus on Kafka (rdkafka).
+//!
+//! - Producer: idempotent (`enable.idempotence=true`, `acks=all`), so a
+//!   retried send is written once; a publish returns only when the broker
+//!   has it on every in-sync replica. `linger.ms=2` trades 2 ms at low load
+//!   for batching at high load.
+//! - Consumers: one rdkafka consumer per subscription, in the given group,
+//!   auto-commit off, offsets committed by [`Subscription::commit`] after
+//!   processing (at-least-once). `fetch.wait.max.ms=10` keeps an idle
+//!   partition's next record from waiting for the 500 ms default.
+//! - Topics are `<prefix><name>` (the prefix isolates test runs) and are
+//!   created at start-up with the configured partition count.
+
+use super::{BusError, EventBus, Record, Subscription, Topic};
+use async_trait::async_trait;
+use bytes::Bytes;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How long a publish may wait for the broker before it is refused.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct KafkaBus {
+    brokers: String,
+    prefix: String,
+    producer: FutureProducer,
+}
+
+impl std::fmt::Debug for KafkaBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBus")
+            .field("brokers", &self.brokers)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn unavailable(e: KafkaError) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+impl KafkaBus {
+    /// Connects to `brokers`, creates the topics that are missing and checks
+    /// the cluster answers. Fails (naming the brokers) if it does not.
+    pub async fn connect(
+        brokers: &str,
+        prefix: &str,
+        partitions: u32,
+        replication: u16,
+    ) -> Result<Self, BusError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "10000")
+            .set("socket.connection.setup.timeout.ms", "3000")
+            .create()
+            .map_err(unavailable)?;
+        let bus = Self {
+            brokers: brokers.to_owned(),
+            prefix: prefix.to_owned(),
+            producer,
+        };
+        bus.create_topics(partitions, replication).await?;
+        Ok(bus)
+    }
+
+    fn topic_name(&self, topic: Topic) -> String {
+        format!("{}{}", self.prefix, topic.name())
+    }
+
+    fn topic_of(&self, name: &str) -> Option<Topic> {
+        let name = name.strip_prefix(&self.prefix)?;
+        Topic::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    async fn create_topics(&self, partitions: u32, replication: u16) -> Result<(), BusError> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("socket.connection.setup.timeout.ms", "3000")
+            .create()
+            .map_err(unavailable)?;
+        let names: Vec<String> = Topic::ALL.iter().map(|t| self.topic_name(*t)).collect();
+        let partitions = i32::try_from(partitions.max(1)).unwrap_or(i32::MAX);
+        let topics: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(i32::from(replication))))
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = tokio::time::timeout(
+            Duration::from_secs(15),
+            admin.create_topics(topics.iter(), &options),
+        )
+        .await
+        .map_err(|_| {
+            BusError::Unavailable(format!("Kafka at {} did not answer in 15 s", self.brokers))
+        })?
+        .map_err(unavailable)?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(BusError::Unavailable(format!(
+                        "cannot create topic {topic}: {code}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventBus for KafkaBus {
+    async fn publish(&self, topic: Topic, key: &str, payload: Bytes) -> Result<(), BusError> {
+        let name = self.topic_name(topic);
+        let record = FutureRecord::to(&name).key(key).payload(payload.as_ref());
+        self.producer
+            .send(record, PUBLISH_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| unavailable(e))
+    }
+
+    async fn subscribe(
+        &self,
+        group: &str,
+        topic: Topic,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "10")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .create()
+            .map_err(unavailable)?;
+        let name = self.topic_name(topic);
+        consumer.subscribe(&[&name]).map_err(unavailable)?;
+        Ok(Box::new(KafkaSubscription {
+            bus: self.clone(),
+            consumer,
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        let producer = self.producer.clone();
+        let name = self.topic_name(Topic::ChatMessages);
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&name), Duration::from_secs(3))
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+        .await
+        .map_err(|e| BusError::Unavailable(e.to_string()))?
+    }
+}
+
+struct KafkaSubscription {
+    bus: KafkaBus,
+    consumer: StreamConsumer,
+}
+
+impl KafkaSubscription {
+    fn record(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Option<Record> {
+        Some(Record {
+            topic: self.bus.topic_of(m.topic())?,
+            partition: u32::try_from(m.partition()).ok()?,
+            offset: u64::try_from(m.offset()).ok()?,
+            key: m
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default(),
+            payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        })
+    }
+}
+
+#[async_trait]
+impl Subscription for KafkaSubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, BusError> {
+        let first = self.consumer.recv().await.map_err(unavailable)?;
+        let mut out: Vec<Record> = self.record(&first).into_iter().collect();
+        drop(first);
+        // Take what is already fetched, without waiting for more.
+        while out.len() < max.max(1) {
+            match tokio::time::timeout(Duration::from_millis(1), self.consumer.recv()).await {
+                Ok(Ok(m)) => out.extend(self.record(&m)),
+                Ok(Err(e)) => return Err(unavailable(e)),
+                Err(_) => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit(&mut self, records: &[Record]) -> Result<(), BusError> {
+        let mut next: HashMap<(Topic, u32), u64> = HashMap::new();
+        for r in records {
+            let n = next.entry((r.topic, r.partition)).or_insert(0);
+            *n = (*n).max(r.offset + 1);
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            list.add_partition_offset(
+                &self.bus.topic_name(topic),
+                i32::try_from(partition).unwrap_or(i32::MAX),
+                Offset::Offset(i64::try_from(offset).unwrap_or(i64::MAX)),
+            )
+            .map_err(unavailable)?;
+        }
+        // Async: never blocks the runtime; a lost commit only replays.
+        self.consumer
+            .commit(&list, CommitMode::Async)
+            .map_err(unavailable)
+    }
+}
