@@ -72,7 +72,46 @@ impl KafkaBus {
             producer,
         };
         bus.create_topics(partitions, replication).await?;
+        bus.await_topics().await?;
         Ok(bus)
+    }
+
+    /// Waits until the cluster's metadata lists every topic with a leader
+    /// for each partition: a consumer subscribing to a topic it does not
+    /// know yet would otherwise wait for its next metadata refresh.
+    async fn await_topics(&self) -> Result<(), BusError> {
+        let producer = self.producer.clone();
+        let names: Vec<String> = Topic::ALL.iter().map(|t| self.topic_name(*t)).collect();
+        tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                let ready = producer
+                    .client()
+                    .fetch_metadata(None, Duration::from_secs(3))
+                    .map(|m| {
+                        names.iter().all(|n| {
+                            m.topics().iter().any(|t| {
+                                t.name() == n
+                                    && t.error().is_none()
+                                    && !t.partitions().is_empty()
+                                    && t.partitions().iter().all(|p| p.leader() >= 0)
+                            })
+                        })
+                    })
+                    .unwrap_or(false);
+                if ready {
+                    return Ok(());
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(BusError::Unavailable(
+                        "topics were created but have no leaders after 15 s".into(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .await
+        .map_err(|e| BusError::Unavailable(e.to_string()))?
     }
 
     fn topic_name(&self, topic: Topic) -> String {
@@ -146,7 +185,11 @@ impl EventBus for KafkaBus {
             .set("fetch.wait.max.ms", "10")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
-            .set("partition.assignment.strategy", "cooperative-sticky")
+            // Eager range/round-robin rebalancing: every member revokes and
+            // rejoins, which keeps a partition's single owner unambiguous.
+            .set("partition.assignment.strategy", "range,roundrobin")
+            // Notice new topics and partitions within seconds, not minutes.
+            .set("topic.metadata.refresh.interval.ms", "5000")
             .create()
             .map_err(unavailable)?;
         let name = self.topic_name(topic);
@@ -154,6 +197,7 @@ impl EventBus for KafkaBus {
         Ok(Box::new(KafkaSubscription {
             bus: self.clone(),
             consumer,
+            buffer: Vec::new(),
         }))
     }
 
@@ -175,6 +219,8 @@ impl EventBus for KafkaBus {
 struct KafkaSubscription {
     bus: KafkaBus,
     consumer: StreamConsumer,
+    /// Records received but not yet handed out.
+    buffer: Vec<Record>,
 }
 
 impl KafkaSubscription {
@@ -195,18 +241,25 @@ impl KafkaSubscription {
 #[async_trait]
 impl Subscription for KafkaSubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, BusError> {
-        let first = self.consumer.recv().await.map_err(unavailable)?;
-        let mut out: Vec<Record> = self.record(&first).into_iter().collect();
-        drop(first);
+        // Every received record goes to `self.buffer` before the next await,
+        // so a caller that drops this future (select!) loses nothing.
+        if self.buffer.is_empty() {
+            let first = self.consumer.recv().await.map_err(unavailable)?;
+            let record = self.record(&first);
+            self.buffer.extend(record);
+        }
         // Take what is already fetched, without waiting for more.
-        while out.len() < max.max(1) {
+        while self.buffer.len() < max.max(1) {
             match tokio::time::timeout(Duration::from_millis(1), self.consumer.recv()).await {
-                Ok(Ok(m)) => out.extend(self.record(&m)),
+                Ok(Ok(m)) => {
+                    let record = self.record(&m);
+                    self.buffer.extend(record);
+                }
                 Ok(Err(e)) => return Err(unavailable(e)),
                 Err(_) => break,
             }
         }
-        Ok(out)
+        Ok(std::mem::take(&mut self.buffer))
     }
 
     async fn commit(&mut self, records: &[Record]) -> Result<(), BusError> {

@@ -92,7 +92,8 @@ pub trait EventBus: Send + Sync + 'static {
 pub trait Subscription: Send {
     /// Waits for records of the partitions this member owns, at most `max`,
     /// in partition order. Records not committed are delivered again after a
-    /// rebalance or a restart.
+    /// rebalance or a restart. Cancel-safe: dropping the future before it
+    /// completes loses no record.
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, BusError>;
 
     /// Marks `records` (and everything before them in their partitions)

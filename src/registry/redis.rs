@@ -51,7 +51,8 @@ for i = 4, #ARGV, 3 do
   if redis.call('EXISTS', prefix .. ':gone:' .. sid) == 0 then
     local key = prefix .. ':sess:' .. user
     redis.call('ZADD', key, expiry, sid .. '|' .. edge)
-    redis.call('PEXPIRE', key, ttl)
+    redis.call('PEXPIRE', key, ttl, 'NX')
+    redis.call('PEXPIRE', key, ttl, 'GT')
   end
 end
 return 0
@@ -220,9 +221,17 @@ impl Registry for RedisRegistry {
             .ignore()
             .cmd("ZCARD")
             .arg(&key)
+            // The key lives as long as its longest-lived session: set a TTL
+            // when it has none, else only ever extend it.
             .cmd("PEXPIRE")
             .arg(&key)
             .arg(ms(ttl))
+            .arg("NX")
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ms(ttl))
+            .arg("GT")
             .ignore()
             .query_async(&mut self.conn())
             .await
