@@ -30,7 +30,12 @@ pub struct BackendConfig {
     #[arg(long, env = "PARLEY_REPLICATION", global = true, default_value_t = 1)]
     pub replication: u16,
     /// Prefix of every Redis key, so deployments can share a Redis.
-    #[arg(long, env = "PARLEY_REDIS_PREFIX", global = true, default_value = "parley")]
+    #[arg(
+        long,
+        env = "PARLEY_REDIS_PREFIX",
+        global = true,
+        default_value = "parley"
+    )]
     pub redis_prefix: String,
     /// Prefix of the Kafka topic names (`<prefix>chat-messages`, ...).
     #[arg(long, env = "PARLEY_TOPIC_PREFIX", global = true, default_value = "")]

@@ -27,6 +27,10 @@ pub struct Discovery {
     registry: Arc<dyn Registry>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     next: Arc<AtomicUsize>,
+    /// Instances whose id starts with this are used first: an all-in-one
+    /// node calls its own roles (over gRPC all the same) while they live,
+    /// and never a dead predecessor still in the registry.
+    local: Option<String>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -41,7 +45,14 @@ impl Discovery {
             registry,
             channels: Arc::default(),
             next: Arc::default(),
+            local: None,
         }
+    }
+
+    /// Prefers instances whose id starts with `prefix`.
+    pub fn preferring(mut self, prefix: impl Into<String>) -> Self {
+        self.local = Some(prefix.into());
+        self
     }
 
     pub fn registry(&self) -> &Arc<dyn Registry> {
@@ -50,7 +61,12 @@ impl Discovery {
 
     /// A channel to a live instance of `kind`, round-robin across them.
     pub async fn channel(&self, kind: &str) -> Result<Channel, ApiError> {
-        let instances = self.registry.services(Some(kind)).await?;
+        let mut instances = self.registry.services(Some(kind)).await?;
+        if let Some(local) = &self.local
+            && instances.iter().any(|i| i.id.starts_with(local.as_str()))
+        {
+            instances.retain(|i| i.id.starts_with(local.as_str()));
+        }
         if instances.is_empty() {
             return Err(ApiError::unavailable(format!(
                 "no {kind} service is running"

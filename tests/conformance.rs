@@ -136,7 +136,9 @@ mod kafka_bus_checks {
 
     #[tokio::test]
     async fn survives_reopen() {
-        let Some(brokers) = real("KAFKA_BROKERS") else { return };
+        let Some(brokers) = real("KAFKA_BROKERS") else {
+            return;
+        };
         let prefix = format!("{}.", random("t"));
         bus::survives_reopen(|| open(&brokers, &prefix)).await;
     }
@@ -190,7 +192,9 @@ mod mongo_store_checks {
 
     #[tokio::test]
     async fn survives_reopen() {
-        let Some(url) = real("MONGODB_URL") else { return };
+        let Some(url) = real("MONGODB_URL") else {
+            return;
+        };
         let database = random("test");
         store::survives_reopen(|| open(&url, &database)).await;
     }

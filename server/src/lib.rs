@@ -69,7 +69,8 @@ impl App {
     pub async fn start(config: AppConfig, http: TcpListener) -> Result<Self, StartError> {
         let backends = Backends::open(&config.backends).await?;
         let shutdown = CancellationToken::new();
-        let discovery = Discovery::new(backends.registry.clone());
+        let discovery =
+            Discovery::new(backends.registry.clone()).preferring(format!("{}-", config.node_id));
         let pusher = Pusher::new(discovery.clone());
         let mut tasks = Vec::new();
 

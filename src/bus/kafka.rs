@@ -133,7 +133,13 @@ impl KafkaBus {
         let partitions = i32::try_from(partitions.max(1)).unwrap_or(i32::MAX);
         let topics: Vec<NewTopic<'_>> = names
             .iter()
-            .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(i32::from(replication))))
+            .map(|n| {
+                NewTopic::new(
+                    n,
+                    partitions,
+                    TopicReplication::Fixed(i32::from(replication)),
+                )
+            })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = tokio::time::timeout(

@@ -115,8 +115,8 @@ impl Registry for RedisRegistry {
         entry: &ServiceEntry,
         ttl: Duration,
     ) -> Result<(), RegistryError> {
-        let json = serde_json::to_string(entry)
-            .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        let json =
+            serde_json::to_string(entry).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         let expiry = now_ms() + i64::try_from(ms(ttl)).unwrap_or(i64::MAX / 2);
         redis::pipe()
             .cmd("SET")
@@ -280,7 +280,10 @@ impl Registry for RedisRegistry {
             let mut invocation = script.prepare_invoke();
             invocation.arg(&self.prefix).arg(expiry).arg(ms(ttl));
             for s in chunk {
-                invocation.arg(&s.user_id).arg(&s.session_id).arg(&s.edge_id);
+                invocation
+                    .arg(&s.user_id)
+                    .arg(&s.session_id)
+                    .arg(&s.edge_id);
             }
             invocation
                 .invoke_async::<i64>(&mut self.conn())

@@ -215,7 +215,12 @@ impl MongoStore {
         }
         let ids: Vec<&str> = conversations.iter().map(|c| c.id.as_str()).collect();
         let rows = self
-            .find_all("cursors", doc! {"conversation_id": {"$in": ids}}, None, None)
+            .find_all(
+                "cursors",
+                doc! {"conversation_id": {"$in": ids}},
+                None,
+                None,
+            )
             .await?;
         let mut by_key: HashMap<(String, String), (u64, u64)> = HashMap::new();
         for r in rows {
@@ -335,11 +340,16 @@ impl Store for MongoStore {
             {"display_lower": {"$regex": &pattern}},
         ]};
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.find_all("users", filter, Some(doc! {"username_lower": 1}), Some(limit))
-            .await?
-            .iter()
-            .map(user_from)
-            .collect()
+        self.find_all(
+            "users",
+            filter,
+            Some(doc! {"username_lower": 1}),
+            Some(limit),
+        )
+        .await?
+        .iter()
+        .map(user_from)
+        .collect()
     }
 
     async fn ensure_direct(
@@ -480,7 +490,9 @@ impl Store for MongoStore {
         // Replays repair a `last_seq` that a crash left behind.
         let mut highest: HashMap<&str, u64> = HashMap::new();
         for a in &out {
-            let h = highest.entry(a.message.conversation_id.as_str()).or_insert(0);
+            let h = highest
+                .entry(a.message.conversation_id.as_str())
+                .or_insert(0);
             *h = (*h).max(a.message.seq);
         }
         for (conversation, seq) in highest {

@@ -29,9 +29,32 @@ pub struct TestApp {
     _dir: Option<TempDir>,
 }
 
+/// The backends a test node uses: embedded, or — when `PARLEY_TEST_REAL` is
+/// set (scripts/test does, after `scripts/infra up`) — the real Kafka, Redis
+/// and MongoDB named by `KAFKA_BROKERS`, `REDIS_URL`, `MONGODB_URL`, with a
+/// random topic prefix, key prefix and database per test.
+pub fn backend_config(dir: &std::path::Path) -> BackendConfig {
+    let mut config = BackendConfig::embedded(dir);
+    if std::env::var_os("PARLEY_TEST_REAL").is_some() {
+        let var = |name: &str| {
+            std::env::var(name)
+                .unwrap_or_else(|_| panic!("PARLEY_TEST_REAL is set but {name} is not"))
+        };
+        let run = parley::ids::new_session_id()[..12].to_owned();
+        config.kafka_brokers = Some(var("KAFKA_BROKERS"));
+        config.redis_url = Some(var("REDIS_URL"));
+        config.mongodb_url = Some(var("MONGODB_URL"));
+        config.partitions = 4;
+        config.topic_prefix = format!("t{run}.");
+        config.redis_prefix = format!("t{run}");
+        config.mongodb_database = Some(format!("t{run}"));
+    }
+    config
+}
+
 pub fn test_config(dir: &std::path::Path) -> AppConfig {
     AppConfig {
-        backends: BackendConfig::embedded(dir),
+        backends: backend_config(dir),
         auth: AuthConfig {
             jwt_secret: SecretString::from(SECRET.to_owned()),
             jwt_expires_in: Duration::from_secs(3600),

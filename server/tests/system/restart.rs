@@ -13,14 +13,31 @@ struct Node {
 }
 
 /// Starts `parley` on port 0 over `dir` and waits for its listening line.
-fn start(dir: &std::path::Path) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_parley"))
+fn start(dir: &std::path::Path, backends: &parley::config::BackendConfig) -> Node {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_parley"));
+    command
         .env("PORT", "0")
         .env("PARLEY_DATA_DIR", dir)
         .env("JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn")
+        .env("PARLEY_PARTITIONS", backends.partitions.to_string())
+        .env("PARLEY_TOPIC_PREFIX", &backends.topic_prefix)
+        .env("PARLEY_REDIS_PREFIX", &backends.redis_prefix);
+    for (name, value) in [
+        ("KAFKA_BROKERS", &backends.kafka_brokers),
+        ("REDIS_URL", &backends.redis_url),
+        ("MONGODB_URL", &backends.mongodb_url),
+        ("PARLEY_MONGODB_DATABASE", &backends.mongodb_database),
+    ] {
+        match value {
+            Some(v) => command.env(name, v),
+            None => command.env_remove(name),
+        };
+    }
+    let mut child = command
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // Kept beside the data for a failing run to read.
+        .stderr(std::fs::File::create(dir.join("parley.stderr")).map_or(Stdio::null(), Stdio::from))
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -50,7 +67,8 @@ impl Node {
 #[tokio::test]
 async fn accounts_and_history_survive_and_an_acked_message_outlives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start(dir.path());
+    let backends = backend_config(dir.path());
+    let node = start(dir.path(), &backends);
     let alice = node.app.register("alice").await;
     let bob = node.app.register("bob").await;
     let mut a = node.app.connect(&alice).await;
@@ -60,7 +78,7 @@ async fn accounts_and_history_survive_and_an_acked_message_outlives_kill_9() {
     let acked = a.send_message(&bob.id, "acked just before kill -9").await;
     node.kill();
 
-    let node = start(dir.path());
+    let node = start(dir.path(), &backends);
     let (status, login) = node
         .app
         .post(
