@@ -71,9 +71,25 @@ impl KafkaBus {
             prefix: prefix.to_owned(),
             producer,
         };
+        bus.probe().await?;
         bus.create_topics(partitions, replication).await?;
         bus.await_topics().await?;
         Ok(bus)
+    }
+
+    /// One metadata round trip, so an unreachable cluster is reported in
+    /// seconds rather than after the admin client's retries.
+    async fn probe(&self) -> Result<(), BusError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(5))
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+        .await
+        .map_err(|e| BusError::Unavailable(e.to_string()))?
     }
 
     /// Waits until the cluster's metadata lists every topic with a leader

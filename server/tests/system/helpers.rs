@@ -22,6 +22,8 @@ pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789abcdef";
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
 pub struct TestApp {
+    /// What the node runs on (prefixes included), for checks with real clients.
+    pub backends: BackendConfig,
     /// Kept so the in-process node lives as long as the test.
     pub _app: Option<App>,
     pub addr: std::net::SocketAddr,
@@ -75,8 +77,11 @@ pub async fn spawn_app() -> TestApp {
     }
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = App::start(test_config(dir.path()), listener).await.unwrap();
+    let config = test_config(dir.path());
+    let backends = config.backends.clone();
+    let app = App::start(config, listener).await.unwrap();
     TestApp {
+        backends,
         addr: app.http_addr(),
         _app: Some(app),
         http: reqwest::Client::new(),
@@ -95,6 +100,7 @@ impl TestApp {
     /// A client of a server started elsewhere (another process).
     pub fn at(addr: std::net::SocketAddr) -> Self {
         Self {
+            backends: BackendConfig::embedded("."),
             _app: None,
             addr,
             http: reqwest::Client::new(),

@@ -6,9 +6,12 @@
 
 mod helpers;
 
+mod landing;
+
 mod auth;
 mod bad_input;
 mod messaging;
 mod operations;
 mod presence;
 mod restart;
+mod startup;
