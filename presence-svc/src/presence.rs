@@ -104,12 +104,28 @@ impl Presence {
         Ok(())
     }
 
-    /// An edge vouches for the sessions it still holds.
+    /// An edge vouches for the sessions it still holds. This is also how
+    /// a registry that lost its data (a Redis restart) is rebuilt: the
+    /// sessions come back, and users with no presence record become online
+    /// again.
     pub async fn heartbeat(&self, sessions: &[SessionEntry]) -> Result<(), ApiError> {
-        self.backends
-            .registry
+        let registry = &self.backends.registry;
+        registry
             .refresh_sessions(sessions, self.liveness.session_ttl)
             .await?;
+        let mut users: Vec<String> = sessions.iter().map(|s| s.user_id.clone()).collect();
+        users.sort();
+        users.dedup();
+        let known: std::collections::HashSet<String> = registry
+            .presence_of(&users)
+            .await?
+            .into_iter()
+            .filter(|p| p.status != OFFLINE)
+            .map(|p| p.user_id)
+            .collect();
+        for user in users.iter().filter(|u| !known.contains(*u)) {
+            self.reconcile(user).await?;
+        }
         Ok(())
     }
 

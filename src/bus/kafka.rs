@@ -238,6 +238,34 @@ impl EventBus for KafkaBus {
     }
 }
 
+/// Errors librdkafka reports while it reconnects on its own (broker down,
+/// transport failures): informational, not a reason to stop consuming. A
+/// caller that backed off on each of them would fall far behind the
+/// backlog of such events an outage leaves in the queue.
+fn is_transient(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerNotAvailable
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+        )
+    )
+}
+
+fn log_transient(e: &KafkaError) {
+    tracing::debug!(error = %e, "Kafka consumer reconnecting");
+    metrics::counter!("parley_bus_consumer_transient_errors_total").increment(1);
+}
+
 struct KafkaSubscription {
     bus: KafkaBus,
     consumer: StreamConsumer,
@@ -265,10 +293,15 @@ impl Subscription for KafkaSubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, BusError> {
         // Every received record goes to `self.buffer` before the next await,
         // so a caller that drops this future (select!) loses nothing.
-        if self.buffer.is_empty() {
-            let first = self.consumer.recv().await.map_err(unavailable)?;
-            let record = self.record(&first);
-            self.buffer.extend(record);
+        while self.buffer.is_empty() {
+            match self.consumer.recv().await {
+                Ok(m) => {
+                    let record = self.record(&m);
+                    self.buffer.extend(record);
+                }
+                Err(e) if is_transient(&e) => log_transient(&e),
+                Err(e) => return Err(unavailable(e)),
+            }
         }
         // Take what is already fetched, without waiting for more.
         while self.buffer.len() < max.max(1) {
@@ -277,6 +310,7 @@ impl Subscription for KafkaSubscription {
                     let record = self.record(&m);
                     self.buffer.extend(record);
                 }
+                Ok(Err(e)) if is_transient(&e) => log_transient(&e),
                 Ok(Err(e)) => return Err(unavailable(e)),
                 Err(_) => break,
             }

@@ -72,12 +72,18 @@ pub fn test_config(dir: &std::path::Path) -> AppConfig {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Like [`spawn_app`], with the configuration adjusted first.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut AppConfig)) -> TestApp {
     if std::env::var_os("RUST_LOG").is_some() {
         parley::telemetry::init();
     }
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let config = test_config(dir.path());
+    let mut config = test_config(dir.path());
+    adjust(&mut config);
     let backends = config.backends.clone();
     let app = App::start(config, listener).await.unwrap();
     TestApp {
@@ -212,6 +218,35 @@ impl Ws {
                 Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
                 Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next frame matching `pred` within `wait`, or `None`; frames that
+    /// do not match are kept for later calls.
+    pub async fn next_where_within(
+        &mut self,
+        wait: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        if let Some(i) = self.pending.iter().position(&pred) {
+            return self.pending.remove(i);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()?;
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if pred(&v) {
+                        return Some(v);
+                    }
+                    self.pending.push_back(v);
+                }
+                Some(Ok(_)) => {}
+                _ => return None,
             }
         }
     }

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// Shared with the fault tests, which use parts this binary does not.
+#[allow(dead_code)]
 mod helpers;
 
 mod landing;
