@@ -134,6 +134,18 @@ async fn await_all(ws: &mut Ws, acked: &BTreeSet<String>) {
     }
 }
 
+/// Polls `/ready` until it answers `status` (readiness follows the
+/// backends' health checks, which run every two seconds).
+async fn ready_becomes(app: &TestApp, status: u16) {
+    for _ in 0..60 {
+        if app.get("/ready", None).await.0 == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("/ready never answered {status}");
+}
+
 async fn stored_once(app: &TestApp, acked: &BTreeSet<String>) {
     let client = mongodb::Client::with_uri_str(app.backends.mongodb_url.as_deref().unwrap())
         .await
@@ -162,7 +174,9 @@ async fn outage(service: &'static str) {
     infra(&["down", service]).await;
     let during = send_burst(&app, &alice, &bob.id, 5, 5).await;
     acked.extend(during.iter().map(|m| m["id"].as_str().unwrap().to_owned()));
+    ready_becomes(&app, 503).await;
     infra(&["up", service]).await;
+    ready_becomes(&app, 200).await;
 
     // Back: sends succeed again (after the clients reconnect).
     let mut after = 0;
@@ -219,7 +233,11 @@ async fn sessions_and_presence_rebuild_after_a_redis_restart() {
     let mut a = app.connect(&alice).await;
     let mut b = app.connect(&bob).await;
     a.send_message(&bob.id, "before").await;
-    b.expect("new_message").await;
+    // A broker restarted by the test before may still be settling its
+    // consumer groups: allow for that before the fault under test.
+    b.next_where_within(Duration::from_secs(60), |v| v["type"] == "new_message")
+        .await
+        .expect("no delivery before the restart");
 
     let _restart = Restart("redis");
     infra(&["down", "redis"]).await;

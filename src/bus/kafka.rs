@@ -207,6 +207,11 @@ impl EventBus for KafkaBus {
             .set("fetch.wait.max.ms", "10")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
+            // Also the rebalance timeout: how long a join waits for members
+            // that will never come back (e.g. this consumer's own previous
+            // member id after a broker restart). The 300 s default stalls a
+            // group for minutes; a batch is processed far faster than this.
+            .set("max.poll.interval.ms", "30000")
             // Eager range/round-robin rebalancing: every member revokes and
             // rejoins, which keeps a partition's single owner unambiguous.
             .set("partition.assignment.strategy", "range,roundrobin")
