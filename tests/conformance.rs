@@ -60,7 +60,8 @@ mod memory_registry_checks {
         services_register_and_expire,
         sessions_count_refresh_and_expire,
         presence_is_kept_per_user,
-        claims_are_exclusive
+        claims_are_exclusive,
+        counters_count_per_window
     );
 }
 
@@ -162,7 +163,8 @@ mod redis_registry_checks {
         services_register_and_expire,
         sessions_count_refresh_and_expire,
         presence_is_kept_per_user,
-        claims_are_exclusive
+        claims_are_exclusive,
+        counters_count_per_window
     );
 }
 

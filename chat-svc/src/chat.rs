@@ -29,10 +29,28 @@ pub const MAX_PAGE: usize = 200;
 pub const DEFAULT_SYNC_PAGE: usize = 200;
 pub const MAX_SYNC_PAGE: usize = 1000;
 
+/// How many messages one user may send per window, counted in the registry
+/// so the limit holds across all of the user's sessions and every edge.
+#[derive(Debug, Clone, Copy)]
+pub struct SendLimit {
+    pub count: u64,
+    pub window: Duration,
+}
+
+impl Default for SendLimit {
+    fn default() -> Self {
+        Self {
+            count: 100,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Chat {
     pub(crate) backends: Backends,
     pub(crate) pusher: Pusher,
+    send_limit: SendLimit,
 }
 
 /// What `send_message` answers.
@@ -97,8 +115,12 @@ fn decode_claim(raw: &str, from: &str, client_msg_id: &str, body: &str) -> Optio
 }
 
 impl Chat {
-    pub fn new(backends: Backends, pusher: Pusher) -> Self {
-        Self { backends, pusher }
+    pub fn new(backends: Backends, pusher: Pusher, send_limit: SendLimit) -> Self {
+        Self {
+            backends,
+            pusher,
+            send_limit,
+        }
     }
 
     /// Validates, dedupes on `(sender, client_msg_id)`, and appends the
@@ -126,6 +148,18 @@ impl Chat {
                 message: stored,
                 duplicate: true,
             });
+        }
+        let sent = self
+            .backends
+            .registry
+            .hit(&format!("send:{user}"), self.send_limit.window)
+            .await?;
+        if sent > self.send_limit.count {
+            metrics::counter!("parley_chat_sends_rate_limited_total").increment(1);
+            return Err(ApiError::new(
+                parley::ErrorCode::RateLimited,
+                "too many messages, slow down",
+            ));
         }
         let conversation = resolve(store, user, target, true).await?;
         let message = ChatMessage {

@@ -36,12 +36,46 @@ pub async fn serve(
     served
 }
 
+/// chat-svc's own settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChatArgs {
+    /// Messages one user may send per window, over all sessions and edges;
+    /// beyond it sends are refused with `rate_limited`.
+    #[arg(
+        long,
+        env = "PARLEY_USER_SEND_LIMIT",
+        global = true,
+        default_value_t = 100
+    )]
+    pub user_send_limit: u64,
+    /// The window of that limit, in seconds.
+    #[arg(
+        long,
+        env = "PARLEY_USER_SEND_WINDOW_SECS",
+        global = true,
+        default_value_t = 10
+    )]
+    pub user_send_window_secs: u64,
+}
+
+impl ChatArgs {
+    pub fn send_limit(&self) -> chat::SendLimit {
+        chat::SendLimit {
+            count: self.user_send_limit,
+            window: std::time::Duration::from_secs(self.user_send_window_secs.max(1)),
+        }
+    }
+}
+
 /// Runs chat-svc (API and sequencer) as its own process until SIGINT/SIGTERM.
-pub async fn run_standalone(node: &parley::node::NodeArgs) -> Result<(), parley::node::RunError> {
+pub async fn run_standalone(
+    node: &parley::node::NodeArgs,
+    args: &ChatArgs,
+) -> Result<(), parley::node::RunError> {
     let node = parley::node::Node::start(parley::discovery::kind::CHAT, node, None).await?;
     node.stop_on_signal();
     let (parts, announcer) = node.into_parts();
-    let chat = Chat::new(parts.backends.clone(), parts.pusher);
+    let chat = Chat::new(parts.backends.clone(), parts.pusher, args.send_limit());
     let served = serve(parts.grpc, chat, parts.backends, parts.shutdown.clone()).await;
     parts.shutdown.cancel();
     let _ = announcer.await;

@@ -7,11 +7,14 @@ use clap::Parser;
 struct Args {
     #[command(flatten)]
     node: parley::node::NodeArgs,
+    #[command(flatten)]
+    chat: parley_chat::ChatArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     parley::telemetry::init();
-    parley_chat::run_standalone(&Args::parse().node).await?;
+    let args = Args::parse();
+    parley_chat::run_standalone(&args.node, &args.chat).await?;
     Ok(())
 }

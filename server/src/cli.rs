@@ -24,6 +24,8 @@ pub struct Cli {
     pub http: HttpArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub chat: parley_chat::ChatArgs,
 }
 
 #[derive(Debug, Clone, Copy, Subcommand)]
@@ -51,6 +53,7 @@ impl Cli {
             liveness: self.node.liveness(),
             join_timeout: Duration::from_secs(10),
             ws_frames_per_sec: self.http.ws_frames_per_sec,
+            send_limit: self.chat.send_limit(),
         })
     }
 }

@@ -34,6 +34,8 @@ pub struct AppConfig {
     pub join_timeout: Duration,
     /// Frames per second one WebSocket may send.
     pub ws_frames_per_sec: u32,
+    /// Messages one user may send per window (all sessions, all edges).
+    pub send_limit: parley_chat::chat::SendLimit,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +108,7 @@ impl App {
             let (b, s) = (backends.clone(), shutdown.clone());
             async move { log_exit("auth", parley_auth::serve(auth_l, accounts, b, s).await) }
         }));
-        let chat = Chat::new(backends.clone(), pusher.clone());
+        let chat = Chat::new(backends.clone(), pusher.clone(), config.send_limit);
         tasks.push(tokio::spawn({
             let (b, s) = (backends.clone(), shutdown.clone());
             async move { log_exit("chat", parley_chat::serve(chat_l, chat, b, s).await) }

@@ -170,3 +170,21 @@ pub async fn claims_are_exclusive(registry: Arc<dyn Registry>) {
     })
     .await;
 }
+
+/// Counters count per key within a window and start again in the next one.
+pub async fn counters_count_per_window(registry: Arc<dyn Registry>) {
+    let key = unique("rate");
+    let other = unique("rate");
+    let window = Duration::from_secs(3600);
+    assert_eq!(registry.hit(&key, window).await.unwrap(), 1);
+    assert_eq!(registry.hit(&key, window).await.unwrap(), 2);
+    assert_eq!(registry.hit(&other, window).await.unwrap(), 1);
+    // A short window: a later window counts from 1 again.
+    let short = Duration::from_millis(200);
+    let first = registry.hit(&key, short).await.unwrap();
+    assert!(first >= 1);
+    eventually("a new window starts", || async {
+        registry.hit(&key, short).await.unwrap() == 1
+    })
+    .await;
+}

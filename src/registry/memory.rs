@@ -32,6 +32,8 @@ struct State {
     /// Expired claims are dropped lazily; a sweep runs when the map has
     /// doubled since the last one, so the cost is amortized O(1).
     sweep_claims_at: usize,
+    /// key → (window index, count in it).
+    counters: HashMap<String, (i64, u64)>,
 }
 
 impl MemoryRegistry {
@@ -222,6 +224,20 @@ impl Registry for MemoryRegistry {
     async fn release(&self, key: &str) -> Result<(), RegistryError> {
         self.lock()?.claims.remove(key);
         Ok(())
+    }
+
+    async fn hit(&self, key: &str, window: Duration) -> Result<u64, RegistryError> {
+        let index = super::window_index(crate::time::now_ms(), window);
+        let mut state = self.lock()?;
+        if state.counters.len() > 10_000 {
+            state.counters.retain(|_, (i, _)| *i == index);
+        }
+        let entry = state.counters.entry(key.to_owned()).or_insert((index, 0));
+        if entry.0 != index {
+            *entry = (index, 0);
+        }
+        entry.1 += 1;
+        Ok(entry.1)
     }
 
     async fn ping(&self) -> Result<(), RegistryError> {

@@ -105,5 +105,16 @@ pub trait Registry: Send + Sync + 'static {
     /// Drops a claim, so a failed operation can be retried.
     async fn release(&self, key: &str) -> Result<(), RegistryError>;
 
+    /// Counts one event for `key` in the current fixed `window` (shared by
+    /// every process using this registry); answers the count so far in it.
+    /// Rate limits across edges and sessions are built on this.
+    async fn hit(&self, key: &str, window: Duration) -> Result<u64, RegistryError>;
+
     async fn ping(&self) -> Result<(), RegistryError>;
+}
+
+/// The index of the fixed window of `window` length that `now_ms` is in.
+pub fn window_index(now_ms: i64, window: Duration) -> i64 {
+    let length = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
+    now_ms.div_euclid(length)
 }

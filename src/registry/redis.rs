@@ -10,6 +10,7 @@
 //!   session closed recently, so a racing heartbeat cannot bring it back.
 //! - `P:pres:<user>` `status|last_seen_ms`; `P:present` the users not offline.
 //! - `P:claim:<key>` idempotency claims (SET NX GET PX).
+//! - `P:rate:<key>:<window>` counters of fixed windows (INCR, PEXPIRE).
 //!
 //! Hot paths that need several commands send them as one pipeline.
 
@@ -396,6 +397,22 @@ impl Registry for RedisRegistry {
             .query_async::<()>(&mut self.conn())
             .await
             .map_err(unavailable)
+    }
+
+    async fn hit(&self, key: &str, window: Duration) -> Result<u64, RegistryError> {
+        let index = super::window_index(now_ms(), window);
+        let counter = self.key(&["rate", key, &index.to_string()]);
+        let (count,): (u64,) = redis::pipe()
+            .cmd("INCR")
+            .arg(&counter)
+            .cmd("PEXPIRE")
+            .arg(&counter)
+            .arg(ms(window) * 2)
+            .ignore()
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(count)
     }
 
     async fn ping(&self) -> Result<(), RegistryError> {

@@ -342,3 +342,38 @@ async fn oversized_or_malformed_rest_bodies_get_json_errors() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid");
 }
+
+#[tokio::test]
+async fn a_users_sends_are_limited_across_all_their_sessions() {
+    // An hour-long window: the test cannot straddle two windows.
+    let app = spawn_app_with(|c| {
+        c.send_limit = parley_chat::chat::SendLimit {
+            count: 4,
+            window: std::time::Duration::from_secs(3600),
+        }
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mut one = app.connect(&alice).await;
+    let mut two = app.connect(&alice).await;
+    let mut b = app.connect(&bob).await;
+    for i in 0..4 {
+        let ws = if i % 2 == 0 { &mut one } else { &mut two };
+        ws.send_message(&bob.id, &format!("m{i}")).await;
+    }
+    // The fifth, from either session, is over the user's limit.
+    let reply = two
+        .request(
+            json!({"type": "send_message", "to": bob.id, "client_msg_id": "fifth", "body": "m4"}),
+            "fifth",
+        )
+        .await;
+    assert_eq!(reply["code"], "rate_limited", "{reply}");
+    // Nothing refused was stored: bob's reply takes seq 5.
+    let marker = b.send_message(&alice.id, "marker").await;
+    let stored = b
+        .expect_where(|v| v["type"] == "new_message" && v["message"]["id"] == marker["id"])
+        .await;
+    assert_eq!(stored["message"]["seq"], 5);
+}
