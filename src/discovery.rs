@@ -21,12 +21,22 @@ pub mod kind {
     pub const PRESENCE: &str = "presence";
 }
 
+/// How long an instance list is reused: far below any instance TTL, so a
+/// dead instance is dropped about as fast as the registry drops it.
+const LIST_TTL: Duration = Duration::from_secs(1);
+
+/// An instance list and when it was read.
+type Listed = (std::time::Instant, Vec<ServiceEntry>);
+
 /// Finds instances and hands out channels to them.
 #[derive(Clone)]
 pub struct Discovery {
     registry: Arc<dyn Registry>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     next: Arc<AtomicUsize>,
+    /// Instance lists by kind, reused for [`LIST_TTL`]: every client frame
+    /// and every push needs one, and on Redis a listing is two round trips.
+    lists: Arc<Mutex<HashMap<String, Listed>>>,
     /// Instances whose id starts with this are used first: an all-in-one
     /// node calls its own roles (over gRPC all the same) while they live,
     /// and never a dead predecessor still in the registry.
@@ -45,6 +55,7 @@ impl Discovery {
             registry,
             channels: Arc::default(),
             next: Arc::default(),
+            lists: Arc::default(),
             local: None,
         }
     }
@@ -59,9 +70,26 @@ impl Discovery {
         &self.registry
     }
 
+    /// Live instances of `kind`, as listed in the registry at most
+    /// [`LIST_TTL`] ago.
+    pub async fn instances(&self, kind: &str) -> Result<Vec<ServiceEntry>, ApiError> {
+        let poisoned = || ApiError::unavailable("discovery lock poisoned");
+        if let Some((at, list)) = self.lists.lock().map_err(|_| poisoned())?.get(kind)
+            && at.elapsed() < LIST_TTL
+        {
+            return Ok(list.clone());
+        }
+        let list = self.registry.services(Some(kind)).await?;
+        self.lists
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(kind.to_owned(), (std::time::Instant::now(), list.clone()));
+        Ok(list)
+    }
+
     /// A channel to a live instance of `kind`, round-robin across them.
     pub async fn channel(&self, kind: &str) -> Result<Channel, ApiError> {
-        let mut instances = self.registry.services(Some(kind)).await?;
+        let mut instances = self.instances(kind).await?;
         if let Some(local) = &self.local
             && instances.iter().any(|i| i.id.starts_with(local.as_str()))
         {

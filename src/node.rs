@@ -72,7 +72,8 @@ pub struct Node {
     pub liveness: Liveness,
     pub grpc: TcpListener,
     pub shutdown: CancellationToken,
-    announcer: JoinHandle<()>,
+    /// Ends (after deregistering) once `shutdown` is cancelled.
+    pub announcer: JoinHandle<()>,
 }
 
 impl Node {
@@ -141,23 +142,6 @@ impl Node {
             shutdown.cancel();
         });
     }
-
-    /// Splits off the announcer so the rest of the node can move into the
-    /// role's server.
-    pub fn into_parts(self) -> (NodeParts, JoinHandle<()>) {
-        (
-            NodeParts {
-                id: self.id,
-                backends: self.backends,
-                discovery: self.discovery,
-                pusher: self.pusher,
-                liveness: self.liveness,
-                grpc: self.grpc,
-                shutdown: self.shutdown,
-            },
-            self.announcer,
-        )
-    }
 }
 
 /// Why a single-role process stopped with an error.
@@ -171,18 +155,6 @@ pub enum RunError {
     Config(String),
     #[error("{0}")]
     Other(String),
-}
-
-/// A [`Node`] without its announcer.
-#[derive(Debug)]
-pub struct NodeParts {
-    pub id: String,
-    pub backends: Backends,
-    pub discovery: Discovery,
-    pub pusher: Pusher,
-    pub liveness: Liveness,
-    pub grpc: TcpListener,
-    pub shutdown: CancellationToken,
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -70,7 +70,7 @@ impl Pusher {
         if per_edge.is_empty() {
             return 0;
         }
-        let edges: HashMap<String, String> = match registry.services(Some(kind::EDGE)).await {
+        let edges: HashMap<String, String> = match self.discovery.instances(kind::EDGE).await {
             Ok(list) => list.into_iter().map(|e| (e.id, e.grpc_addr)).collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot look up edges; push skipped");

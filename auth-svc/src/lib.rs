@@ -42,10 +42,10 @@ pub async fn run_standalone(
         .map_err(|e| RunError::Config(e.to_string()))?;
     let node = Node::start(parley::discovery::kind::AUTH, node, None).await?;
     node.stop_on_signal();
-    let (parts, announcer) = node.into_parts();
+    let parts = node;
     let accounts = Accounts::new(parts.backends.store.clone(), &config);
     let served = serve(parts.grpc, accounts, parts.backends, parts.shutdown.clone()).await;
     parts.shutdown.cancel();
-    let _ = announcer.await;
+    let _ = parts.announcer.await;
     Ok(served?)
 }

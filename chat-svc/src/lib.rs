@@ -74,10 +74,10 @@ pub async fn run_standalone(
 ) -> Result<(), parley::node::RunError> {
     let node = parley::node::Node::start(parley::discovery::kind::CHAT, node, None).await?;
     node.stop_on_signal();
-    let (parts, announcer) = node.into_parts();
+    let parts = node;
     let chat = Chat::new(parts.backends.clone(), parts.pusher, args.send_limit());
     let served = serve(parts.grpc, chat, parts.backends, parts.shutdown.clone()).await;
     parts.shutdown.cancel();
-    let _ = announcer.await;
+    let _ = parts.announcer.await;
     Ok(served?)
 }

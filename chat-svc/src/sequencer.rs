@@ -6,7 +6,7 @@
 //! their original id and seq.
 
 use crate::chat::Chat;
-use parley::bus::{Record, Subscription, Topic};
+use parley::bus::{Record, Subscription, Topic, next_batch_until, subscribe_until};
 use parley::proto::{ChatEvent, ChatMessage, Conversation, ReceiptEvent, ReceiptKind, chat_event};
 use parley::protocol::server;
 use parley::push::Outgoing;
@@ -22,36 +22,12 @@ const BATCH: usize = 512;
 /// Consumes until `shutdown`. Store failures are retried with backoff
 /// without committing, so nothing is skipped.
 pub async fn run(chat: Chat, shutdown: CancellationToken) {
-    let mut subscription = loop {
-        match chat
-            .backends
-            .bus
-            .subscribe(GROUP, Topic::ChatMessages)
-            .await
-        {
-            Ok(s) => break s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot join the chat-messages consumer group; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = shutdown.cancelled() => return,
-                }
-            }
-        }
+    let bus = chat.backends.bus.as_ref();
+    let Some(mut subscription) = subscribe_until(bus, GROUP, Topic::ChatMessages, &shutdown).await
+    else {
+        return;
     };
-    loop {
-        let batch = tokio::select! {
-            batch = subscription.next_batch(BATCH) => batch,
-            () = shutdown.cancelled() => return,
-        };
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "consume failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
+    while let Some(batch) = next_batch_until(subscription.as_mut(), BATCH, &shutdown).await {
         if !process_until_done(&chat, &batch, &shutdown).await {
             return;
         }

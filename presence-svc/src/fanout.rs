@@ -2,43 +2,22 @@
 //! the users who share a conversation with that user.
 
 use crate::presence::Presence;
-use parley::bus::Topic;
+use parley::bus::{Topic, next_batch_until, subscribe_until};
 use parley::proto::PresenceEvent;
 use parley::protocol::server;
 use parley::push::Outgoing;
 use prost::Message;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub const GROUP: &str = "presence-svc";
 
 pub async fn run(presence: Presence, shutdown: CancellationToken) {
-    let bus = presence.backends.bus.clone();
-    let mut subscription = loop {
-        match bus.subscribe(GROUP, Topic::UserPresence).await {
-            Ok(s) => break s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot join the user-presence consumer group; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = shutdown.cancelled() => return,
-                }
-            }
-        }
+    let bus = presence.backends.bus.as_ref();
+    let Some(mut subscription) = subscribe_until(bus, GROUP, Topic::UserPresence, &shutdown).await
+    else {
+        return;
     };
-    loop {
-        let batch = tokio::select! {
-            batch = subscription.next_batch(256) => batch,
-            () = shutdown.cancelled() => return,
-        };
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "consume failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
+    while let Some(batch) = next_batch_until(subscription.as_mut(), 256, &shutdown).await {
         let mut outgoing = Vec::new();
         for record in &batch {
             let Ok(event) = PresenceEvent::decode(record.payload.as_ref()) else {

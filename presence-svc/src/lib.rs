@@ -41,7 +41,7 @@ pub async fn serve(
 pub async fn run_standalone(node: &parley::node::NodeArgs) -> Result<(), parley::node::RunError> {
     let node = parley::node::Node::start(parley::discovery::kind::PRESENCE, node, None).await?;
     node.stop_on_signal();
-    let (parts, announcer) = node.into_parts();
+    let parts = node;
     let presence = Presence::new(
         parts.backends.clone(),
         parts.pusher,
@@ -50,6 +50,6 @@ pub async fn run_standalone(node: &parley::node::NodeArgs) -> Result<(), parley:
     );
     let served = serve(parts.grpc, presence, parts.backends, parts.shutdown.clone()).await;
     parts.shutdown.cancel();
-    let _ = announcer.await;
+    let _ = parts.announcer.await;
     Ok(served?)
 }

@@ -110,3 +110,50 @@ pub fn partition_for(key: &str, partitions: u32) -> u32 {
     });
     u32::try_from(hash % u64::from(partitions.max(1))).unwrap_or(0)
 }
+
+/// Joins `group` on `topic`, retrying every second while the bus refuses;
+/// `None` once `shutdown` is cancelled. For long-running consumers.
+pub async fn subscribe_until(
+    bus: &dyn EventBus,
+    group: &str,
+    topic: Topic,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<Box<dyn Subscription>> {
+    loop {
+        match bus.subscribe(group, topic).await {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                tracing::warn!(%group, topic = topic.name(), error = %e, "cannot join the consumer group; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    () = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// The next batch, retrying consume errors after a short pause; `None`
+/// once `shutdown` is cancelled.
+pub async fn next_batch_until(
+    subscription: &mut dyn Subscription,
+    max: usize,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<Vec<Record>> {
+    loop {
+        let batch = tokio::select! {
+            batch = subscription.next_batch(max) => batch,
+            () = shutdown.cancelled() => return None,
+        };
+        match batch {
+            Ok(b) => return Some(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "consume failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                    () = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
