@@ -5,7 +5,7 @@
 
 use parley::bus::EventBus;
 use parley::bus::embedded::EmbeddedBus;
-use parley::conformance::{bus, registry, store};
+use parley::conformance::{bus, registry, store, unique};
 use parley::registry::Registry;
 use parley::registry::memory::MemoryRegistry;
 use parley::store::Store;
@@ -199,5 +199,88 @@ mod mongo_store_checks {
         };
         let database = random("test");
         store::survives_reopen(|| open(&url, &database)).await;
+    }
+
+    /// Appends write a message's key, then the message, then `last_seq`,
+    /// with no transaction: each state a crash can leave between two of
+    /// those writes is completed by the next append (the replay).
+    #[tokio::test]
+    async fn interrupted_appends_are_completed() {
+        use mongodb::bson::doc;
+        let Some(url) = real("MONGODB_URL") else {
+            return;
+        };
+        let database = random("test");
+        let store = open(&url, &database).await;
+        let raw = mongodb::Client::with_uri_str(&url)
+            .await
+            .unwrap()
+            .database(&database);
+        let conversations = raw.collection::<mongodb::bson::Document>("conversations");
+        let messages = raw.collection::<mongodb::bson::Document>("messages");
+        let (a, b, c) = (unique("a"), unique("b"), unique("c"));
+        store.ensure_direct(&c, &a, &b, 1).await.unwrap();
+        let m = |n: &str| store::message(&c, &a, n);
+        store.append_messages(&[m("1"), m("2")]).await.unwrap();
+
+        // Stopped after the messages, before `last_seq` was raised.
+        conversations
+            .update_one(doc! {"_id": &c}, doc! {"$set": {"last_seq": 0_i64}})
+            .await
+            .unwrap();
+        let third = store.append_messages(&[m("3")]).await.unwrap();
+        assert_eq!((third[0].message.seq, third[0].fresh), (3, true));
+
+        // Stopped after the key of 4, before the message: the replay
+        // writes it at the seq its key reserved, with its id.
+        let four = m("4");
+        store
+            .append_messages(std::slice::from_ref(&four))
+            .await
+            .unwrap();
+        messages.delete_one(doc! {"id": &four.id}).await.unwrap();
+        conversations
+            .update_one(doc! {"_id": &c}, doc! {"$set": {"last_seq": 3_i64}})
+            .await
+            .unwrap();
+        assert_eq!(store.message_by_client_id(&a, "4").await.unwrap(), None);
+        let replay = store
+            .append_messages(&[four.clone(), m("5")])
+            .await
+            .unwrap();
+        let got: Vec<(u64, bool)> = replay.iter().map(|r| (r.message.seq, r.fresh)).collect();
+        assert_eq!(got, [(4, true), (5, true)]);
+        assert_eq!(replay[0].message.id, four.id);
+
+        let history = store.messages_after(&c, 0, 100).await.unwrap();
+        let bodies: Vec<(u64, &str)> = history
+            .iter()
+            .map(|h| (h.seq, h.client_msg_id.as_str()))
+            .collect();
+        assert_eq!(bodies, [(1, "1"), (2, "2"), (3, "3"), (4, "4"), (5, "5")]);
+        assert_eq!(messages.count_documents(doc! {}).await.unwrap(), 5);
+        assert_eq!(store.conversation(&c).await.unwrap().unwrap().last_seq, 5);
+    }
+
+    /// A login key lost between the account and its key is rebuilt.
+    #[tokio::test]
+    async fn lost_login_keys_are_rebuilt() {
+        use mongodb::bson::doc;
+        let Some(url) = real("MONGODB_URL") else {
+            return;
+        };
+        let database = random("test");
+        let store = open(&url, &database).await;
+        let raw = mongodb::Client::with_uri_str(&url)
+            .await
+            .unwrap()
+            .database(&database);
+        let keys = raw.collection::<mongodb::bson::Document>("user_keys");
+        let record = store::record(&unique("u"));
+        store.create_user(&record).await.unwrap();
+        keys.delete_many(doc! {}).await.unwrap();
+        let found = store.user_by_email(&record.email).await.unwrap();
+        assert_eq!(found.map(|r| r.user), Some(record.user.clone()));
+        assert_eq!(keys.count_documents(doc! {}).await.unwrap(), 1);
     }
 }

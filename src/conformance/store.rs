@@ -5,7 +5,8 @@ use crate::proto::{ChatMessage, ReceiptKind, User};
 use crate::store::{Store, StoreError, UserRecord};
 use std::sync::Arc;
 
-fn record(name: &str) -> UserRecord {
+/// An account named `name` with a unique id and a fake hash.
+pub fn record(name: &str) -> UserRecord {
     UserRecord {
         user: User {
             id: unique("id"),
@@ -18,7 +19,8 @@ fn record(name: &str) -> UserRecord {
     }
 }
 
-fn message(conversation: &str, from: &str, client_msg_id: &str) -> ChatMessage {
+/// A message to append, with a unique id and no seq yet.
+pub fn message(conversation: &str, from: &str, client_msg_id: &str) -> ChatMessage {
     ChatMessage {
         id: unique("m"),
         conversation_id: conversation.to_owned(),

@@ -1,25 +1,43 @@
 //! The store on MongoDB (and MongoDB-wire servers such as FerretDB 1.x, so
-//! only plain CRUD, unique indexes and `$max`/`$setOnInsert` updates are
-//! used: no transactions, no change streams, no aggregation).
+//! only plain CRUD, unique indexes and `$max`/`$setOnInsert`/`$addToSet`
+//! updates are used: no transactions, no change streams, no aggregation).
 //!
-//! Collections: `users` (unique `username_lower`, unique `email`),
-//! `conversations` (members, `last_seq`), `cursors` (one per member of a
-//! conversation), `messages` (unique `(conversation_id, seq)` and unique
-//! `(from, client_msg_id)`). Indexes are created at start-up.
+//! Every hot-path read is a point lookup by `_id`. FerretDB 1.x on SQLite
+//! pushes only `{_id: <string>}` filters down to SQL and scans the whole
+//! collection for anything else (secondary indexes enforce uniqueness but
+//! are not used by queries), so the documents are keyed for the reads:
 //!
-//! Appends are idempotent without transactions: a message is looked up by
-//! `(from, client_msg_id)` first; new ones get `seq` = the conversation's
-//! highest stored seq + 1 and are inserted in one batch; `last_seq` follows
-//! with `$max`, so a crash between the two is repaired by the replay.
+//! - `messages`: `_id` = `<conversation>:<seq, 20 digits>`, so a page of
+//!   history is a set of lookups of consecutive seqs (seq is dense). Unique
+//!   indexes on `id`, `(conversation_id, seq)` and `(from, client_msg_id)`.
+//! - `message_keys`: `_id` = `<from>|<client_msg_id>` → conversation and
+//!   seq: the dedupe lookup of a send and of a replayed bus record.
+//! - `conversations`: members and `last_seq`; `memberships`: `_id` = user
+//!   → the conversation ids the user is in; `cursors`: `_id` =
+//!   `<conversation>|<user>` → delivered and read seqs.
+//! - `users` (unique `username_lower`, unique `email`) and `user_keys`:
+//!   `_id` = `email:<email>` → user id, the login lookup.
+//!
+//! Without transactions, multi-document writes are ordered so that a crash
+//! between two of them leaves a state the next attempt completes: a
+//! message's key is written before the message (a replay finds the seq it
+//! reserved and writes the message there), the message before `last_seq`
+//! is raised (the next append probes past `last_seq`), memberships before
+//! the conversation, and a missing login key falls back to a scan and is
+//! written back.
 
 use super::{Appended, Store, StoreError, UserRecord};
 use crate::proto::{ChatMessage, Conversation, MemberCursor, ReceiptKind, User};
 use async_trait::async_trait;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt, stream};
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use std::collections::{BTreeSet, HashMap};
+
+/// Point lookups in flight at once for one call (the driver's pool holds
+/// ten connections by default).
+const LOOKUPS_IN_FLIGHT: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct MongoStore {
@@ -33,6 +51,16 @@ fn unavailable(e: mongodb::error::Error) -> StoreError {
 fn is_duplicate(e: &mongodb::error::Error) -> bool {
     let text = e.to_string();
     text.contains("E11000") || text.contains("duplicate key") || text.contains("11000")
+}
+
+/// A write that lost a race with another writer of the same keys (a
+/// rebalance overlap): the caller retries and then finds what was stored.
+fn concurrent(e: mongodb::error::Error) -> StoreError {
+    if is_duplicate(&e) {
+        StoreError::Unavailable(format!("concurrent append: {e}"))
+    } else {
+        unavailable(e)
+    }
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -68,6 +96,21 @@ fn seq_bson(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
+/// `_id` of a message: zero-padded so that `_id` order is seq order.
+fn message_key(conversation: &str, seq: u64) -> String {
+    format!("{conversation}:{seq:020}")
+}
+
+/// `_id` of a message's dedupe key. User ids never contain `|`, so the
+/// first one separates the parts whatever the client id holds.
+fn client_key(from: &str, client_msg_id: &str) -> String {
+    format!("{from}|{client_msg_id}")
+}
+
+fn email_key(email: &str) -> String {
+    format!("email:{email}")
+}
+
 fn user_from(d: &Document) -> Result<User, StoreError> {
     Ok(User {
         id: get_str(d, "_id")?,
@@ -77,9 +120,18 @@ fn user_from(d: &Document) -> Result<User, StoreError> {
     })
 }
 
+fn user_record_from(d: &Document) -> Result<UserRecord, StoreError> {
+    Ok(UserRecord {
+        user: user_from(d)?,
+        email: get_str(d, "email")?,
+        password_hash: get_str(d, "password_hash")?,
+    })
+}
+
 fn message_doc(m: &ChatMessage) -> Document {
     doc! {
-        "_id": &m.id,
+        "_id": message_key(&m.conversation_id, m.seq),
+        "id": &m.id,
         "conversation_id": &m.conversation_id,
         "seq": seq_bson(m.seq),
         "from": &m.from,
@@ -91,7 +143,7 @@ fn message_doc(m: &ChatMessage) -> Document {
 
 fn message_from(d: &Document) -> Result<ChatMessage, StoreError> {
     Ok(ChatMessage {
-        id: get_str(d, "_id")?,
+        id: get_str(d, "id")?,
         conversation_id: get_str(d, "conversation_id")?,
         seq: get_u64(d, "seq"),
         from: get_str(d, "from")?,
@@ -154,22 +206,21 @@ impl MongoStore {
         Ok(store)
     }
 
+    /// The unique indexes are the integrity guarantees; no query relies on
+    /// a secondary index (see the module documentation).
     async fn create_indexes(&self) -> Result<(), StoreError> {
-        let unique = || IndexOptions::builder().unique(true).build();
-        let indexes: [(&str, Document, bool); 6] = [
-            ("users", doc! {"username_lower": 1}, true),
-            ("users", doc! {"email": 1}, true),
-            ("messages", doc! {"conversation_id": 1, "seq": 1}, true),
-            ("messages", doc! {"from": 1, "client_msg_id": 1}, true),
-            ("conversations", doc! {"members": 1}, false),
-            ("cursors", doc! {"conversation_id": 1}, false),
+        let indexes: [(&str, Document); 5] = [
+            ("users", doc! {"username_lower": 1}),
+            ("users", doc! {"email": 1}),
+            ("messages", doc! {"id": 1}),
+            ("messages", doc! {"conversation_id": 1, "seq": 1}),
+            ("messages", doc! {"from": 1, "client_msg_id": 1}),
         ];
-        for (collection, keys, is_unique) in indexes {
-            let model = if is_unique {
-                IndexModel::builder().keys(keys).options(unique()).build()
-            } else {
-                IndexModel::builder().keys(keys).build()
-            };
+        for (collection, keys) in indexes {
+            let model = IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().unique(true).build())
+                .build();
             self.coll(collection)
                 .create_index(model)
                 .await
@@ -182,26 +233,25 @@ impl MongoStore {
         self.db.collection(name)
     }
 
-    async fn find_all(
-        &self,
-        collection: &str,
-        filter: Document,
-        sort: Option<Document>,
-        limit: Option<i64>,
-    ) -> Result<Vec<Document>, StoreError> {
-        let coll = self.coll(collection);
-        let mut find = coll.find(filter);
-        if let Some(sort) = sort {
-            find = find.sort(sort);
-        }
-        if let Some(limit) = limit {
-            find = find.limit(limit);
-        }
-        find.await
-            .map_err(unavailable)?
-            .try_collect()
+    async fn by_id(&self, collection: &str, id: &str) -> Result<Option<Document>, StoreError> {
+        self.coll(collection)
+            .find_one(doc! {"_id": id})
             .await
             .map_err(unavailable)
+    }
+
+    /// Point lookups of many `_id`s, a few in flight at once; the answers
+    /// are in the order of `ids`. (`$in` is not pushed down by FerretDB.)
+    async fn by_ids(
+        &self,
+        collection: &str,
+        ids: Vec<String>,
+    ) -> Result<Vec<Option<Document>>, StoreError> {
+        stream::iter(ids)
+            .map(|id| async move { self.by_id(collection, &id).await })
+            .buffered(LOOKUPS_IN_FLIGHT)
+            .try_collect()
+            .await
     }
 
     /// Conversations with their members' cursors.
@@ -210,38 +260,21 @@ impl MongoStore {
             .iter()
             .map(conversation_from)
             .collect::<Result<Vec<_>, _>>()?;
-        if conversations.is_empty() {
-            return Ok(conversations);
-        }
-        let ids: Vec<&str> = conversations.iter().map(|c| c.id.as_str()).collect();
-        let rows = self
-            .find_all(
-                "cursors",
-                doc! {"conversation_id": {"$in": ids}},
-                None,
-                None,
-            )
-            .await?;
-        let mut by_key: HashMap<(String, String), (u64, u64)> = HashMap::new();
-        for r in rows {
-            by_key.insert(
-                (get_str(&r, "conversation_id")?, get_str(&r, "user_id")?),
-                (get_u64(&r, "delivered_seq"), get_u64(&r, "read_seq")),
-            );
-        }
+        let keys: Vec<String> = conversations
+            .iter()
+            .flat_map(|c| c.members.iter().map(|m| format!("{}|{m}", c.id)))
+            .collect();
+        let mut rows = self.by_ids("cursors", keys).await?.into_iter();
         for c in &mut conversations {
             c.cursors = c
                 .members
                 .iter()
                 .map(|m| {
-                    let (delivered_seq, read_seq) = by_key
-                        .get(&(c.id.clone(), m.clone()))
-                        .copied()
-                        .unwrap_or((0, 0));
+                    let row = rows.next().flatten();
                     MemberCursor {
                         user_id: m.clone(),
-                        delivered_seq,
-                        read_seq,
+                        delivered_seq: row.as_ref().map_or(0, |r| get_u64(r, "delivered_seq")),
+                        read_seq: row.as_ref().map_or(0, |r| get_u64(r, "read_seq")),
                     }
                 })
                 .collect();
@@ -249,16 +282,65 @@ impl MongoStore {
         Ok(conversations)
     }
 
-    async fn highest_seq(&self, conversation: &str) -> Result<u64, StoreError> {
-        let last = self
-            .find_all(
-                "messages",
-                doc! {"conversation_id": conversation},
-                Some(doc! {"seq": -1}),
-                Some(1),
-            )
-            .await?;
-        Ok(last.first().map(|d| get_u64(d, "seq")).unwrap_or(0))
+    /// The conversation documents `user` is a member of.
+    async fn conversation_docs_of(&self, user: &str) -> Result<Vec<Document>, StoreError> {
+        let Some(membership) = self.by_id("memberships", user).await? else {
+            return Ok(Vec::new());
+        };
+        let ids: Vec<String> = membership
+            .get_array("conversations")
+            .map_err(|_| corrupt("membership without conversations"))?
+            .iter()
+            .filter_map(|c| c.as_str().map(str::to_owned))
+            .collect();
+        // A membership written by a create that crashed before the
+        // conversation points nowhere: skipped.
+        Ok(self
+            .by_ids("conversations", ids)
+            .await?
+            .into_iter()
+            .flatten()
+            .filter(|d| {
+                d.get_array("members")
+                    .is_ok_and(|ms| ms.iter().any(|m| m.as_str() == Some(user)))
+            })
+            .collect())
+    }
+
+    /// The highest seq stored in `conversation`, from its `last_seq` and
+    /// probing past it for messages a crash left `last_seq` behind.
+    async fn stored_last_seq(&self, conversation: &Document) -> Result<u64, StoreError> {
+        let id = get_str(conversation, "_id")?;
+        let mut seq = get_u64(conversation, "last_seq");
+        while self
+            .by_id("messages", &message_key(&id, seq + 1))
+            .await?
+            .is_some()
+        {
+            seq += 1;
+        }
+        Ok(seq)
+    }
+
+    /// The messages with `first <= seq <= last`, oldest first.
+    async fn messages_between(
+        &self,
+        conversation: &str,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        if first > last {
+            return Ok(Vec::new());
+        }
+        let keys = (first..=last)
+            .map(|s| message_key(conversation, s))
+            .collect();
+        self.by_ids("messages", keys)
+            .await?
+            .iter()
+            .flatten()
+            .map(message_from)
+            .collect()
     }
 
     async fn raise_last_seq(&self, conversation: &str, seq: u64) -> Result<(), StoreError> {
@@ -270,6 +352,31 @@ impl MongoStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+/// The seqs handed out while appending one batch, per conversation.
+#[derive(Default)]
+struct SeqCounter(HashMap<String, u64>);
+
+impl SeqCounter {
+    /// The highest seq taken in `conversation`, read from the store the
+    /// first time.
+    async fn last(&mut self, store: &MongoStore, conversation: &str) -> Result<u64, StoreError> {
+        if let Some(seq) = self.0.get(conversation) {
+            return Ok(*seq);
+        }
+        let Some(doc) = store.by_id("conversations", conversation).await? else {
+            return Err(StoreError::NoConversation(conversation.to_owned()));
+        };
+        let seq = store.stored_last_seq(&doc).await?;
+        self.0.insert(conversation.to_owned(), seq);
+        Ok(seq)
+    }
+
+    fn take(&mut self, conversation: &str, seq: u64) {
+        let last = self.0.entry(conversation.to_owned()).or_insert(0);
+        *last = (*last).max(seq);
     }
 }
 
@@ -288,25 +395,43 @@ impl Store for MongoStore {
             "created_at": u.created_at_ms,
         };
         match self.coll("users").insert_one(document).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(e) if is_duplicate(&e) => {
-                // Which unique field clashed: ask rather than parse messages.
+                // Which unique field clashed: ask rather than parse messages
+                // (a rare path, so a scan is acceptable).
                 let taken = self
                     .coll("users")
                     .find_one(doc! {"username_lower": u.username.to_lowercase()})
                     .await
                     .map_err(unavailable)?;
-                Err(StoreError::Conflict(if taken.is_some() {
+                return Err(StoreError::Conflict(if taken.is_some() {
                     "username"
                 } else {
                     "email"
-                }))
+                }));
             }
-            Err(e) => Err(unavailable(e)),
+            Err(e) => return Err(unavailable(e)),
         }
+        // The login key; if this write is lost, the first login writes it.
+        self.coll("user_keys")
+            .update_one(
+                doc! {"_id": email_key(&record.email)},
+                doc! {"$setOnInsert": {"user_id": &u.id}},
+            )
+            .upsert(true)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+        if let Some(key) = self.by_id("user_keys", &email_key(email)).await? {
+            let id = get_str(&key, "user_id")?;
+            if let Some(d) = self.by_id("users", &id).await? {
+                return user_record_from(&d).map(Some);
+            }
+        }
+        // No key: an account whose key write was lost, or no account.
         let Some(d) = self
             .coll("users")
             .find_one(doc! {"email": email})
@@ -315,20 +440,23 @@ impl Store for MongoStore {
         else {
             return Ok(None);
         };
-        Ok(Some(UserRecord {
-            user: user_from(&d)?,
-            email: get_str(&d, "email")?,
-            password_hash: get_str(&d, "password_hash")?,
-        }))
+        let record = user_record_from(&d)?;
+        self.coll("user_keys")
+            .update_one(
+                doc! {"_id": email_key(email)},
+                doc! {"$set": {"user_id": &record.user.id}},
+            )
+            .upsert(true)
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(record))
     }
 
     async fn users_by_ids(&self, ids: &[String]) -> Result<Vec<User>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.find_all("users", doc! {"_id": {"$in": ids}}, None, None)
+        self.by_ids("users", ids.to_vec())
             .await?
             .iter()
+            .flatten()
             .map(user_from)
             .collect()
     }
@@ -340,16 +468,18 @@ impl Store for MongoStore {
             {"display_lower": {"$regex": &pattern}},
         ]};
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.find_all(
-            "users",
-            filter,
-            Some(doc! {"username_lower": 1}),
-            Some(limit),
-        )
-        .await?
-        .iter()
-        .map(user_from)
-        .collect()
+        self.coll("users")
+            .find(filter)
+            .sort(doc! {"username_lower": 1})
+            .limit(limit)
+            .await
+            .map_err(unavailable)?
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(user_from)
+            .collect()
     }
 
     async fn ensure_direct(
@@ -359,9 +489,24 @@ impl Store for MongoStore {
         b: &str,
         now_ms: i64,
     ) -> Result<Conversation, StoreError> {
+        if let Some(existing) = self.conversation(id).await? {
+            return Ok(existing);
+        }
         let mut members = vec![a.to_owned(), b.to_owned()];
         members.sort();
         members.dedup();
+        // Memberships first: a crash before the conversation is written
+        // leaves ids that point nowhere, and the next attempt completes it.
+        for member in &members {
+            self.coll("memberships")
+                .update_one(
+                    doc! {"_id": member},
+                    doc! {"$addToSet": {"conversations": id}},
+                )
+                .upsert(true)
+                .await
+                .map_err(unavailable)?;
+        }
         let result = self
             .coll("conversations")
             .update_one(
@@ -388,30 +533,20 @@ impl Store for MongoStore {
     }
 
     async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
-        let Some(d) = self
-            .coll("conversations")
-            .find_one(doc! {"_id": id})
-            .await
-            .map_err(unavailable)?
-        else {
+        let Some(d) = self.by_id("conversations", id).await? else {
             return Ok(None);
         };
         Ok(self.with_cursors(vec![d]).await?.pop())
     }
 
     async fn conversations_of(&self, user: &str) -> Result<Vec<Conversation>, StoreError> {
-        let docs = self
-            .find_all("conversations", doc! {"members": user}, None, None)
-            .await?;
+        let docs = self.conversation_docs_of(user).await?;
         self.with_cursors(docs).await
     }
 
     async fn contacts(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        let docs = self
-            .find_all("conversations", doc! {"members": user}, None, None)
-            .await?;
         let mut contacts = BTreeSet::new();
-        for d in &docs {
+        for d in &self.conversation_docs_of(user).await? {
             for m in conversation_from(d)?.members {
                 if m != user {
                     contacts.insert(m);
@@ -422,72 +557,85 @@ impl Store for MongoStore {
     }
 
     async fn append_messages(&self, messages: &[ChatMessage]) -> Result<Vec<Appended>, StoreError> {
-        if messages.is_empty() {
-            return Ok(Vec::new());
-        }
-        // One query for every message already stored under its client id.
-        let keys: Vec<Document> = messages
+        let keys: Vec<String> = messages
             .iter()
-            .map(|m| doc! {"from": &m.from, "client_msg_id": &m.client_msg_id})
+            .map(|m| client_key(&m.from, &m.client_msg_id))
             .collect();
-        let mut stored: HashMap<(String, String), ChatMessage> = HashMap::new();
-        for d in self
-            .find_all("messages", doc! {"$or": keys}, None, None)
-            .await?
-        {
-            let m = message_from(&d)?;
-            stored.insert((m.from.clone(), m.client_msg_id.clone()), m);
-        }
-        let mut next: HashMap<String, u64> = HashMap::new();
-        let mut fresh: Vec<ChatMessage> = Vec::new();
-        let mut out = Vec::with_capacity(messages.len());
-        for m in messages {
-            let key = (m.from.clone(), m.client_msg_id.clone());
-            if let Some(existing) = stored.get(&key) {
+        let found = self.by_ids("message_keys", keys.clone()).await?;
+        let mut seqs = SeqCounter::default();
+        // Index in `out` of each key seen in this batch (a resend can
+        // follow its original in one batch).
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut new_keys = Vec::new();
+        let mut to_write = Vec::new();
+        let mut out: Vec<Appended> = Vec::with_capacity(messages.len());
+        for ((m, key), found) in messages.iter().zip(&keys).zip(found) {
+            if let Some(&i) = seen.get(key.as_str()) {
+                let message = out[i].message.clone();
                 out.push(Appended {
-                    message: existing.clone(),
+                    message,
                     fresh: false,
                 });
                 continue;
             }
-            let seq = match next.get(&m.conversation_id) {
-                Some(s) => *s + 1,
-                None => {
-                    if self
-                        .coll("conversations")
-                        .find_one(doc! {"_id": &m.conversation_id})
-                        .await
-                        .map_err(unavailable)?
-                        .is_none()
-                    {
-                        return Err(StoreError::NoConversation(m.conversation_id.clone()));
-                    }
-                    self.highest_seq(&m.conversation_id).await? + 1
+            seen.insert(key, out.len());
+            if let Some(k) = found {
+                let conversation = get_str(&k, "conversation_id")?;
+                let seq = get_u64(&k, "seq");
+                if let Some(d) = self
+                    .by_id("messages", &message_key(&conversation, seq))
+                    .await?
+                {
+                    out.push(Appended {
+                        message: message_from(&d)?,
+                        fresh: false,
+                    });
+                    continue;
                 }
-            };
-            next.insert(m.conversation_id.clone(), seq);
+                // Reserved by an append that stopped before writing the
+                // message: it is written now, at the seq it reserved.
+                seqs.last(self, &conversation).await?;
+                seqs.take(&conversation, seq);
+                let mut message = m.clone();
+                message.conversation_id = conversation;
+                message.seq = seq;
+                to_write.push(message_doc(&message));
+                out.push(Appended {
+                    message,
+                    fresh: true,
+                });
+                continue;
+            }
+            let seq = seqs.last(self, &m.conversation_id).await? + 1;
+            seqs.take(&m.conversation_id, seq);
             let mut message = m.clone();
             message.seq = seq;
-            stored.insert(key, message.clone());
-            fresh.push(message.clone());
+            new_keys.push(doc! {
+                "_id": key,
+                "conversation_id": &message.conversation_id,
+                "seq": seq_bson(seq),
+            });
+            to_write.push(message_doc(&message));
             out.push(Appended {
                 message,
                 fresh: true,
             });
         }
-        if !fresh.is_empty() {
-            let docs: Vec<Document> = fresh.iter().map(message_doc).collect();
-            if let Err(e) = self.coll("messages").insert_many(docs).ordered(true).await {
-                // Another writer got there (a rebalance overlap): the batch
-                // is retried and then finds what was stored.
-                return Err(if is_duplicate(&e) {
-                    StoreError::Unavailable(format!("concurrent append: {e}"))
-                } else {
-                    unavailable(e)
-                });
-            }
+        // Keys, then messages, then `last_seq`: see the module docs.
+        if !new_keys.is_empty() {
+            self.coll("message_keys")
+                .insert_many(new_keys)
+                .ordered(true)
+                .await
+                .map_err(concurrent)?;
         }
-        // Replays repair a `last_seq` that a crash left behind.
+        if !to_write.is_empty() {
+            self.coll("messages")
+                .insert_many(to_write)
+                .ordered(true)
+                .await
+                .map_err(concurrent)?;
+        }
         let mut highest: HashMap<&str, u64> = HashMap::new();
         for a in &out {
             let h = highest
@@ -506,10 +654,15 @@ impl Store for MongoStore {
         sender: &str,
         client_msg_id: &str,
     ) -> Result<Option<ChatMessage>, StoreError> {
-        self.coll("messages")
-            .find_one(doc! {"from": sender, "client_msg_id": client_msg_id})
-            .await
-            .map_err(unavailable)?
+        let Some(k) = self
+            .by_id("message_keys", &client_key(sender, client_msg_id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let key = message_key(&get_str(&k, "conversation_id")?, get_u64(&k, "seq"));
+        self.by_id("messages", &key)
+            .await?
             .as_ref()
             .map(message_from)
             .transpose()
@@ -521,17 +674,12 @@ impl Store for MongoStore {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.find_all(
-            "messages",
-            doc! {"conversation_id": conversation, "seq": {"$gt": seq_bson(after_seq)}},
-            Some(doc! {"seq": 1}),
-            Some(limit),
-        )
-        .await?
-        .iter()
-        .map(message_from)
-        .collect()
+        let Some(c) = self.by_id("conversations", conversation).await? else {
+            return Ok(Vec::new());
+        };
+        let last = get_u64(&c, "last_seq").min(after_seq.saturating_add(limit as u64));
+        self.messages_between(conversation, after_seq + 1, last)
+            .await
     }
 
     async fn messages_before(
@@ -540,20 +688,20 @@ impl Store for MongoStore {
         before_seq: u64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
-        let filter = if before_seq == 0 {
-            doc! {"conversation_id": conversation}
-        } else {
-            doc! {"conversation_id": conversation, "seq": {"$lt": seq_bson(before_seq)}}
+        let Some(c) = self.by_id("conversations", conversation).await? else {
+            return Ok(Vec::new());
         };
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut page = self
-            .find_all("messages", filter, Some(doc! {"seq": -1}), Some(limit))
-            .await?
-            .iter()
-            .map(message_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        page.reverse();
-        Ok(page)
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let last_seq = get_u64(&c, "last_seq");
+        let last = if before_seq == 0 {
+            last_seq
+        } else {
+            last_seq.min(before_seq - 1)
+        };
+        let first = last.saturating_sub(limit as u64 - 1).max(1);
+        self.messages_between(conversation, first, last).await
     }
 
     async fn advance_cursor(
@@ -564,10 +712,8 @@ impl Store for MongoStore {
         up_to_seq: u64,
     ) -> Result<Option<u64>, StoreError> {
         let c = self
-            .coll("conversations")
-            .find_one(doc! {"_id": conversation})
-            .await
-            .map_err(unavailable)?
+            .by_id("conversations", conversation)
+            .await?
             .ok_or_else(|| StoreError::NoConversation(conversation.to_owned()))?;
         let target = seq_bson(up_to_seq.min(get_u64(&c, "last_seq")));
         // Reading a message implies it was delivered.
