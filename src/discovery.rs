@@ -1,6 +1,16 @@
 //! Service discovery: instances announce themselves in the registry with a
 //! heartbeat; callers look instances up there and keep one lazily connected
 //! gRPC channel per address.
+//!
+//! Balancing is round-robin over the live instances of a kind, with passive
+//! health checks (as nginx's `max_fails`): a call that fails below gRPC
+//! (refused, reset, timed out) sets its instance aside for [`EJECTION`], so
+//! a killed instance costs its callers one failed call each rather than one
+//! in N until the registry drops it. A gRPC status from the service itself,
+//! even `UNAVAILABLE`, is an answer and ejects nothing. (tonic's own
+//! `balance_channel` is not used: its endpoints connect lazily and report
+//! ready while refusing connections, so power-of-two-choices favours a dead
+//! instance, which has no requests pending.)
 
 use crate::config::Liveness;
 use crate::error::ApiError;
@@ -8,7 +18,8 @@ use crate::registry::{Registry, ServiceEntry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -25,6 +36,10 @@ pub mod kind {
 /// dead instance is dropped about as fast as the registry drops it.
 const LIST_TTL: Duration = Duration::from_secs(1);
 
+/// How long an instance whose call failed below gRPC is passed over (unless
+/// every instance of its kind is).
+pub const EJECTION: Duration = Duration::from_secs(5);
+
 /// An instance list and when it was read.
 type Listed = (std::time::Instant, Vec<ServiceEntry>);
 
@@ -37,6 +52,8 @@ pub struct Discovery {
     /// Instance lists by kind, reused for [`LIST_TTL`]: every client frame
     /// and every push needs one, and on Redis a listing is two round trips.
     lists: Arc<Mutex<HashMap<String, Listed>>>,
+    /// Addresses whose last call failed below gRPC, and when.
+    ejected: Arc<Mutex<HashMap<String, Instant>>>,
     /// Instances whose id starts with this are used first: an all-in-one
     /// node calls its own roles (over gRPC all the same) while they live,
     /// and never a dead predecessor still in the registry.
@@ -56,6 +73,7 @@ impl Discovery {
             channels: Arc::default(),
             next: Arc::default(),
             lists: Arc::default(),
+            ejected: Arc::default(),
             local: None,
         }
     }
@@ -87,8 +105,9 @@ impl Discovery {
         Ok(list)
     }
 
-    /// A channel to a live instance of `kind`, round-robin across them.
-    pub async fn channel(&self, kind: &str) -> Result<Channel, ApiError> {
+    /// A channel to a live instance of `kind`, round-robin across them,
+    /// passing over ejected ones while another is available.
+    pub async fn channel(&self, kind: &str) -> Result<Routed, ApiError> {
         let mut instances = self.instances(kind).await?;
         if let Some(local) = &self.local
             && instances.iter().any(|i| i.id.starts_with(local.as_str()))
@@ -100,29 +119,111 @@ impl Discovery {
                 "no {kind} service is running"
             )));
         }
-        let pick = self.next.fetch_add(1, Ordering::Relaxed) % instances.len();
-        self.channel_at(&instances[pick].grpc_addr)
+        let healthy: Vec<&ServiceEntry> = {
+            let mut ejected = self
+                .ejected
+                .lock()
+                .map_err(|_| ApiError::unavailable("discovery lock poisoned"))?;
+            ejected.retain(|_, at| at.elapsed() < EJECTION);
+            instances
+                .iter()
+                .filter(|i| !ejected.contains_key(&i.grpc_addr))
+                .collect()
+        };
+        let pick = self.next.fetch_add(1, Ordering::Relaxed);
+        let addr = if healthy.is_empty() {
+            &instances[pick % instances.len()].grpc_addr
+        } else {
+            &healthy[pick % healthy.len()].grpc_addr
+        };
+        self.channel_at(addr)
+    }
+
+    /// Whether a call to `addr` failed below gRPC within [`EJECTION`].
+    pub fn is_ejected(&self, addr: &str) -> bool {
+        self.ejected
+            .lock()
+            .is_ok_and(|e| e.get(addr).is_some_and(|at| at.elapsed() < EJECTION))
     }
 
     /// The channel to one address, created on first use.
-    pub fn channel_at(&self, addr: &str) -> Result<Channel, ApiError> {
+    pub fn channel_at(&self, addr: &str) -> Result<Routed, ApiError> {
         let mut channels = self
             .channels
             .lock()
             .map_err(|_| ApiError::unavailable("discovery lock poisoned"))?;
-        if let Some(channel) = channels.get(addr) {
-            return Ok(channel.clone());
+        let channel = match channels.get(addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|_| ApiError::unavailable(format!("bad service address {addr}")))?
+                    .connect_timeout(Duration::from_secs(3))
+                    .timeout(Duration::from_secs(10))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(20))
+                    .keep_alive_while_idle(true);
+                let channel = endpoint.connect_lazy();
+                channels.insert(addr.to_owned(), channel.clone());
+                channel
+            }
+        };
+        Ok(Routed {
+            channel,
+            addr: Arc::from(addr),
+            ejected: self.ejected.clone(),
+        })
+    }
+}
+
+/// A channel to one instance that reports transport failures to
+/// [`Discovery`], which then passes the instance over for a while.
+#[derive(Clone, Debug)]
+pub struct Routed {
+    channel: Channel,
+    addr: Arc<str>,
+    ejected: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl Routed {
+    /// The instance's gRPC address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+fn eject(ejected: &Mutex<HashMap<String, Instant>>, addr: &str, error: &tonic::transport::Error) {
+    tracing::warn!(%addr, %error, "call failed below gRPC; instance set aside");
+    if let Ok(mut ejected) = ejected.lock() {
+        ejected.insert(addr.to_owned(), Instant::now());
+    }
+}
+
+type HttpRequest = http::Request<tonic::body::Body>;
+type HttpResponse = http::Response<tonic::body::Body>;
+
+impl tower::Service<HttpRequest> for Routed {
+    type Response = HttpResponse;
+    type Error = tonic::transport::Error;
+    type Future = futures::future::BoxFuture<'static, Result<HttpResponse, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let ready = self.channel.poll_ready(cx);
+        if let Poll::Ready(Err(e)) = &ready {
+            eject(&self.ejected, &self.addr, e);
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|_| ApiError::unavailable(format!("bad service address {addr}")))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_owned(), channel.clone());
-        Ok(channel)
+        ready
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let call = self.channel.call(request);
+        let (addr, ejected) = (self.addr.clone(), self.ejected.clone());
+        Box::pin(async move {
+            let result = call.await;
+            if let Err(e) = &result {
+                eject(&ejected, &addr, e);
+            }
+            result
+        })
     }
 }
 

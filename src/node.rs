@@ -25,6 +25,21 @@ pub struct NodeArgs {
     /// Where this instance serves gRPC (port 0: any free port).
     #[arg(long, env = "GRPC_ADDR", global = true, default_value = "127.0.0.1:0")]
     pub grpc_addr: String,
+    /// The gRPC address other processes reach this instance at, when it
+    /// differs from the bound one (binding 0.0.0.0 in a container:
+    /// `chat1:50051`).
+    #[arg(long, env = "GRPC_ADVERTISE_ADDR", global = true)]
+    pub grpc_advertise_addr: Option<String>,
+    /// Seconds an instance stays listed in the registry after its last
+    /// heartbeat (heartbeats every third of it).
+    #[arg(
+        long,
+        env = "PARLEY_SERVICE_TTL_SECS",
+        global = true,
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub service_ttl_secs: u64,
     /// Seconds a dropped connection's user stays online, waiting for a
     /// reconnect.
     #[arg(
@@ -40,8 +55,16 @@ impl NodeArgs {
     pub fn liveness(&self) -> Liveness {
         Liveness {
             offline_grace: Duration::from_secs(self.offline_grace_secs.min(300)),
+            service_ttl: Duration::from_secs(self.service_ttl_secs),
             ..Liveness::default()
         }
+    }
+
+    /// The gRPC address to register: the advertised one, else the bound one.
+    pub fn advertised_grpc(&self, bound: std::net::SocketAddr) -> String {
+        self.grpc_advertise_addr
+            .clone()
+            .unwrap_or_else(|| bound.to_string())
     }
 
     /// The configured id, or `<kind>-<random>`.
@@ -106,7 +129,7 @@ impl Node {
         let entry = ServiceEntry {
             kind: kind.to_owned(),
             id: id.clone(),
-            grpc_addr: grpc_addr.to_string(),
+            grpc_addr: args.advertised_grpc(grpc_addr),
             http_addr,
             started_at_ms: now_ms(),
             load: 0,

@@ -52,8 +52,14 @@ pub async fn serve(
     let entry = ServiceEntry {
         kind: kind::EDGE.into(),
         id: state.config.node_id.clone(),
-        grpc_addr: grpc.local_addr()?.to_string(),
-        http_addr: Some(http.local_addr()?.to_string()),
+        grpc_addr: match &state.config.advertise_grpc {
+            Some(addr) => addr.clone(),
+            None => grpc.local_addr()?.to_string(),
+        },
+        http_addr: Some(match &state.config.advertise_http {
+            Some(addr) => addr.clone(),
+            None => http.local_addr()?.to_string(),
+        }),
         started_at_ms: now_ms(),
         load: 0,
     };
@@ -107,6 +113,10 @@ pub struct HttpArgs {
     #[arg(long, env = "PARLEY_WS_FRAMES_PER_SEC", global = true,
           default_value_t = state::DEFAULT_FRAMES_PER_SECOND)]
     pub ws_frames_per_sec: u32,
+    /// The HTTP address registered for this edge when it differs from the
+    /// bound one (in a container: `edge1:3001`).
+    #[arg(long, env = "HTTP_ADVERTISE_ADDR", global = true)]
+    pub http_advertise_addr: Option<String>,
 }
 
 /// Runs an edge as its own process until SIGINT/SIGTERM.
@@ -136,6 +146,8 @@ pub async fn run_standalone(
     let config = EdgeConfig {
         liveness: node.liveness(),
         frames_per_second: http.ws_frames_per_sec,
+        advertise_grpc: node.grpc_advertise_addr.clone(),
+        advertise_http: http.http_advertise_addr.clone(),
         ..EdgeConfig::new(node.id_for(kind::EDGE))
     };
     let discovery = parley::discovery::Discovery::new(backends.registry.clone());

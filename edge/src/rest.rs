@@ -339,7 +339,9 @@ async fn ready(State(state): State<EdgeState>) -> impl IntoResponse {
 }
 
 /// Live instances by kind, as registered (an entry exists only while its
-/// instance heartbeats).
+/// instance heartbeats), each with what its gRPC health check answers now:
+/// `serving`, `not_serving` (up, but its backends are not) or `unreachable`.
+/// `load` is what the instance last reported: open sockets for an edge.
 async fn services(State(state): State<EdgeState>) -> Result<impl IntoResponse, HttpError> {
     let list = state
         .discovery
@@ -347,18 +349,37 @@ async fn services(State(state): State<EdgeState>) -> Result<impl IntoResponse, H
         .services(None)
         .await
         .map_err(ApiError::from)?;
+    let checks = list.iter().map(|s| instance_health(&state, &s.grpc_addr));
+    let health = futures::future::join_all(checks).await;
     let mut by_kind: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for s in list {
+    for (s, health) in list.into_iter().zip(health) {
         by_kind.entry(s.kind.clone()).or_default().push(json!({
             "id": s.id,
             "grpc_addr": s.grpc_addr,
             "http_addr": s.http_addr,
             "started_at": s.started_at_ms,
             "load": s.load,
-            "health": "up",
+            "health": health,
         }));
     }
     Ok(Json(
         json!({"node": state.config.node_id, "services": by_kind}),
     ))
+}
+
+/// One instance's gRPC health, asked with a short deadline so that one
+/// stuck instance does not hold up the listing.
+async fn instance_health(state: &EdgeState, addr: &str) -> &'static str {
+    let Ok(channel) = state.discovery.channel_at(addr) else {
+        return "unreachable";
+    };
+    let mut client = HealthClient::new(channel);
+    let check = client.check(HealthCheckRequest {
+        service: String::new(),
+    });
+    match tokio::time::timeout(std::time::Duration::from_secs(1), check).await {
+        Ok(Ok(reply)) if reply.get_ref().status == ServingStatus::Serving as i32 => "serving",
+        Ok(Ok(_)) => "not_serving",
+        _ => "unreachable",
+    }
 }

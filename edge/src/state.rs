@@ -3,11 +3,10 @@
 use crate::sessions::SessionTable;
 use parley::ApiError;
 use parley::config::Liveness;
-use parley::discovery::{Discovery, kind};
+use parley::discovery::{Discovery, Routed, kind};
 use parley::proto::auth_service_client::AuthServiceClient;
 use parley::proto::chat_service_client::ChatServiceClient;
 use parley::proto::presence_service_client::PresenceServiceClient;
-use tonic::transport::Channel;
 
 /// A person types far slower than this; a runaway client does not.
 pub const DEFAULT_FRAMES_PER_SECOND: u32 = 30;
@@ -22,6 +21,10 @@ pub struct EdgeConfig {
     /// Frames per second one connection may send (bursts of twice that);
     /// beyond it frames are refused with `rate_limited`.
     pub frames_per_second: u32,
+    /// Addresses registered for this edge instead of the bound ones (see
+    /// `GRPC_ADVERTISE_ADDR`, `HTTP_ADVERTISE_ADDR`).
+    pub advertise_grpc: Option<String>,
+    pub advertise_http: Option<String>,
 }
 
 impl EdgeConfig {
@@ -31,6 +34,8 @@ impl EdgeConfig {
             liveness: Liveness::default(),
             join_timeout: std::time::Duration::from_secs(10),
             frames_per_second: DEFAULT_FRAMES_PER_SECOND,
+            advertise_grpc: None,
+            advertise_http: None,
         }
     }
 }
@@ -58,19 +63,19 @@ impl EdgeState {
         }
     }
 
-    pub async fn auth(&self) -> Result<AuthServiceClient<Channel>, ApiError> {
+    pub async fn auth(&self) -> Result<AuthServiceClient<Routed>, ApiError> {
         Ok(AuthServiceClient::new(
             self.discovery.channel(kind::AUTH).await?,
         ))
     }
 
-    pub async fn chat(&self) -> Result<ChatServiceClient<Channel>, ApiError> {
+    pub async fn chat(&self) -> Result<ChatServiceClient<Routed>, ApiError> {
         Ok(ChatServiceClient::new(
             self.discovery.channel(kind::CHAT).await?,
         ))
     }
 
-    pub async fn presence(&self) -> Result<PresenceServiceClient<Channel>, ApiError> {
+    pub async fn presence(&self) -> Result<PresenceServiceClient<Routed>, ApiError> {
         Ok(PresenceServiceClient::new(
             self.discovery.channel(kind::PRESENCE).await?,
         ))

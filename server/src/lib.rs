@@ -131,6 +131,8 @@ impl App {
             liveness: config.liveness,
             join_timeout: config.join_timeout,
             frames_per_second: config.ws_frames_per_sec,
+            advertise_grpc: None,
+            advertise_http: None,
         };
         let state = EdgeState::new(edge_config, discovery, shutdown.clone());
         tasks.push(tokio::spawn({

@@ -239,7 +239,9 @@ async fn serve_frames(
             biased;
             () = state.shutdown.cancelled() => {
                 send_close(socket, close::GOING_AWAY, "server going away").await;
-                return Ending::Clean;
+                // The client is told to reconnect elsewhere: counted as a
+                // drop, so a rolling restart does not flap its presence.
+                return Ending::Dropped;
             }
             () = kick.notified() => {
                 send_close(socket, close::TOO_SLOW, "too slow, reconnect and sync").await;
