@@ -143,6 +143,9 @@ impl Node {
         )
         .await?;
         tracing::info!(%kind, %id, grpc = %grpc_addr, "started");
+        // On stdout whatever the log level, like the edge's "listening"
+        // line: scripts/cluster waits for it.
+        println!("Parley {kind} {id} registered, gRPC on {grpc_addr}");
         let discovery = Discovery::new(backends.registry.clone());
         Ok(Self {
             id,

@@ -41,7 +41,7 @@ pub async fn resolve(
                 return Err(ApiError::invalid("cannot message yourself"));
             }
             let id = ConversationId::direct(user, peer);
-            if let Some(existing) = store.conversation(id.as_str()).await? {
+            if let Some(existing) = store.conversation_head(id.as_str()).await? {
                 return Ok(existing);
             }
             let exists = !store
@@ -75,7 +75,7 @@ pub async fn member_of(
     user: &UserId,
     id: &ConversationId,
 ) -> Result<Conversation, ApiError> {
-    match store.conversation(id.as_str()).await? {
+    match store.conversation_head(id.as_str()).await? {
         Some(c) if c.members.iter().any(|m| m == user.as_str()) => Ok(c),
         _ => Err(ApiError::conversation_not_found()),
     }

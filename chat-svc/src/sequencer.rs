@@ -197,7 +197,7 @@ async fn conversation_members(
     if let Some(c) = cache.get(id) {
         return Ok(Some(c.members.clone()));
     }
-    let Some(c) = store.conversation(id).await? else {
+    let Some(c) = store.conversation_head(id).await? else {
         tracing::error!(conversation = %id, "event for a conversation that does not exist");
         return Ok(None);
     };

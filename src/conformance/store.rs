@@ -69,6 +69,13 @@ pub async fn users_are_unique_and_found(store: Arc<dyn Store>) {
     assert!(hits.iter().any(|u| u.id == ann.user.id));
 }
 
+fn without_cursors(c: &crate::proto::Conversation) -> crate::proto::Conversation {
+    crate::proto::Conversation {
+        cursors: Vec::new(),
+        ..c.clone()
+    }
+}
+
 /// Appends assign dense seqs per conversation and are idempotent on
 /// `(sender, client_msg_id)`, also within one batch.
 pub async fn appends_are_sequenced_and_idempotent(store: Arc<dyn Store>) {
@@ -111,6 +118,13 @@ pub async fn appends_are_sequenced_and_idempotent(store: Arc<dyn Store>) {
     );
     let c = store.conversation(&one).await.unwrap().unwrap();
     assert_eq!(c.last_seq, 2);
+    let head = store.conversation_head(&one).await.unwrap().unwrap();
+    assert_eq!(
+        head,
+        without_cursors(&c),
+        "the head is the conversation without its cursors"
+    );
+    assert_eq!(store.conversation_head(&unique("c")).await.unwrap(), None);
     let mut members = c.members.clone();
     members.sort();
     let mut expected = vec![a.clone(), b.clone()];

@@ -84,6 +84,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Conversation, StoreError>;
     /// A conversation with its members' cursors.
     async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError>;
+    /// A conversation without its members' cursors (`cursors` is empty):
+    /// what a membership check on every frame needs, and cheaper where the
+    /// cursors are stored apart.
+    async fn conversation_head(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
+        Ok(self.conversation(id).await?.map(|c| Conversation {
+            cursors: Vec::new(),
+            ..c
+        }))
+    }
     async fn conversations_of(&self, user: &str) -> Result<Vec<Conversation>, StoreError>;
     /// Users who share at least one conversation with `user`.
     async fn contacts(&self, user: &str) -> Result<Vec<String>, StoreError>;

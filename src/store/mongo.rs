@@ -489,8 +489,11 @@ impl Store for MongoStore {
         b: &str,
         now_ms: i64,
     ) -> Result<Conversation, StoreError> {
-        if let Some(existing) = self.conversation(id).await? {
-            return Ok(existing);
+        if self.conversation_head(id).await?.is_some() {
+            return self
+                .conversation(id)
+                .await?
+                .ok_or_else(|| StoreError::NoConversation(id.to_owned()));
         }
         let mut members = vec![a.to_owned(), b.to_owned()];
         members.sort();
@@ -537,6 +540,14 @@ impl Store for MongoStore {
             return Ok(None);
         };
         Ok(self.with_cursors(vec![d]).await?.pop())
+    }
+
+    async fn conversation_head(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
+        self.by_id("conversations", id)
+            .await?
+            .as_ref()
+            .map(conversation_from)
+            .transpose()
     }
 
     async fn conversations_of(&self, user: &str) -> Result<Vec<Conversation>, StoreError> {

@@ -136,7 +136,8 @@ async fn register_many(url: &str, prefix: &str, count: usize) -> anyhow::Result<
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn join(url: &str, token: &str) -> anyhow::Result<Socket> {
+/// Connects and joins; answers the socket and the node (edge) it landed on.
+async fn join_at(url: &str, token: &str) -> anyhow::Result<(Socket, String)> {
     let ws_url = format!("{}/ws", url.replacen("http", "ws", 1));
     let (mut ws, _) = connect_async_with_config(ws_url, None, true).await?;
     ws.send(Message::Text(
@@ -147,7 +148,8 @@ async fn join(url: &str, token: &str) -> anyhow::Result<Socket> {
         if let Message::Text(t) = frame? {
             let v: Value = serde_json::from_str(&t)?;
             if v["type"] == "connected" {
-                return Ok(ws);
+                let node = v["node"].as_str().unwrap_or_default().to_owned();
+                return Ok((ws, node));
             }
             if v["type"] == "error" {
                 bail!("join refused: {v}");
@@ -155,6 +157,10 @@ async fn join(url: &str, token: &str) -> anyhow::Result<Socket> {
         }
     }
     bail!("closed before connected")
+}
+
+async fn join(url: &str, token: &str) -> anyhow::Result<Socket> {
+    Ok(join_at(url, token).await?.0)
 }
 
 fn prefix() -> String {
@@ -167,14 +173,15 @@ async fn chat(url: &str, pairs: usize, messages: usize, window: usize) -> anyhow
     let start = Instant::now();
     let mut tasks = Vec::new();
     let mut sockets = Vec::new();
+    let mut nodes = std::collections::BTreeSet::new();
+    let mut cross_node = 0;
     for pair in users.chunks(2) {
         let (sender, receiver) = (&pair[0], &pair[1]);
-        sockets.push((
-            join(url, &sender.token).await?,
-            join(url, &receiver.token).await?,
-            receiver.id.clone(),
-            sender.id.clone(),
-        ));
+        let (tx, tx_node) = join_at(url, &sender.token).await?;
+        let (rx, rx_node) = join_at(url, &receiver.token).await?;
+        cross_node += usize::from(tx_node != rx_node);
+        nodes.extend([tx_node, rx_node]);
+        sockets.push((tx, rx, receiver.id.clone(), sender.id.clone()));
     }
     let began = Instant::now();
     for (tx_ws, rx_ws, to, from) in sockets {
@@ -194,7 +201,8 @@ async fn chat(url: &str, pairs: usize, messages: usize, window: usize) -> anyhow
     let h = histogram.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     let total = pairs * messages;
     println!(
-        "chat: {pairs} pairs x {messages} msgs (window {window}): {total} delivered in {:.2} s = {:.0} msgs/s; send→deliver p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "chat: {pairs} pairs x {messages} msgs (window {window}), {} edge(s), {cross_node} pairs across edges: {total} delivered in {:.2} s = {:.0} msgs/s; send→deliver p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        nodes.len(),
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64(),
         h.value_at_quantile(0.50) as f64 / 1000.0,
