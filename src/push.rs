@@ -17,6 +17,16 @@ pub struct Outgoing {
     pub frame: Arc<str>,
 }
 
+/// What a push reached.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    /// Session writes made.
+    pub writes: usize,
+    /// Users of the batch with no live session anywhere (the candidates for
+    /// an offline notification).
+    pub sessionless: std::collections::HashSet<String>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Pusher {
     discovery: Discovery,
@@ -30,8 +40,15 @@ impl Pusher {
     /// Delivers every frame to every live session of its users; frames keep
     /// their order per session. Answers how many session writes were made.
     pub async fn push(&self, batch: Vec<Outgoing>) -> usize {
+        self.push_reporting(batch).await.writes
+    }
+
+    /// [`Pusher::push`], also answering which users had no live session.
+    /// When sessions cannot be looked up nobody is reported sessionless:
+    /// an unknown is not an absence.
+    pub async fn push_reporting(&self, batch: Vec<Outgoing>) -> Pushed {
         if batch.is_empty() {
-            return 0;
+            return Pushed::default();
         }
         let mut users: Vec<String> = batch.iter().flat_map(|o| o.users.iter().cloned()).collect();
         users.sort();
@@ -41,13 +58,18 @@ impl Pusher {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot look up sessions; push skipped");
-                return 0;
+                return Pushed::default();
             }
         };
         let mut by_user: HashMap<&str, Vec<&SessionEntry>> = HashMap::new();
         for s in &sessions {
             by_user.entry(s.user_id.as_str()).or_default().push(s);
         }
+        let sessionless = users
+            .iter()
+            .filter(|u| !by_user.contains_key(u.as_str()))
+            .cloned()
+            .collect();
         // edge id → deliveries, in batch order.
         let mut per_edge: HashMap<&str, Vec<Delivery>> = HashMap::new();
         for out in &batch {
@@ -68,13 +90,19 @@ impl Pusher {
             }
         }
         if per_edge.is_empty() {
-            return 0;
+            return Pushed {
+                writes: 0,
+                sessionless,
+            };
         }
         let edges: HashMap<String, String> = match self.discovery.instances(kind::EDGE).await {
             Ok(list) => list.into_iter().map(|e| (e.id, e.grpc_addr)).collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot look up edges; push skipped");
-                return 0;
+                return Pushed {
+                    writes: 0,
+                    sessionless,
+                };
             }
         };
         let calls = per_edge.into_iter().map(|(edge, deliveries)| {
@@ -118,6 +146,9 @@ impl Pusher {
                 }
             }
         });
-        futures::future::join_all(calls).await.into_iter().sum()
+        Pushed {
+            writes: futures::future::join_all(calls).await.into_iter().sum(),
+            sessionless,
+        }
     }
 }

@@ -80,7 +80,8 @@ mod embedded_store_checks {
         users_are_unique_and_found,
         appends_are_sequenced_and_idempotent,
         history_pages_by_seq,
-        cursors_move_forward_only
+        cursors_move_forward_only,
+        search_finds_messages_in_given_conversations
     );
 
     #[tokio::test]
@@ -189,7 +190,8 @@ mod mongo_store_checks {
         users_are_unique_and_found,
         appends_are_sequenced_and_idempotent,
         history_pages_by_seq,
-        cursors_move_forward_only
+        cursors_move_forward_only,
+        search_finds_messages_in_given_conversations
     );
 
     #[tokio::test]

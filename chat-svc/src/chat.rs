@@ -24,6 +24,10 @@ const DEDUPE_TTL: Duration = Duration::from_secs(3600);
 /// publish takes; short, so a crash between claim and publish does not
 /// block retries for long.
 const PENDING_TTL: Duration = Duration::from_secs(30);
+/// Search results when the caller does not say, and at most.
+const DEFAULT_SEARCH_LIMIT: usize = 50;
+const MAX_SEARCH_LIMIT: usize = 100;
+const MAX_SEARCH_CHARS: usize = 200;
 pub const DEFAULT_PAGE: usize = 50;
 pub const MAX_PAGE: usize = 200;
 pub const DEFAULT_SYNC_PAGE: usize = 200;
@@ -51,6 +55,7 @@ pub struct Chat {
     pub(crate) backends: Backends,
     pub(crate) pusher: Pusher,
     send_limit: SendLimit,
+    webhook: Option<crate::notifier::Webhook>,
 }
 
 /// What `send_message` answers.
@@ -120,7 +125,18 @@ impl Chat {
             backends,
             pusher,
             send_limit,
+            webhook: None,
         }
+    }
+
+    /// Runs the notifier with this webhook alongside the sequencer.
+    pub fn with_webhook(mut self, webhook: Option<crate::notifier::Webhook>) -> Self {
+        self.webhook = webhook;
+        self
+    }
+
+    pub fn webhook(&self) -> Option<&crate::notifier::Webhook> {
+        self.webhook.as_ref()
     }
 
     /// Validates, dedupes on `(sender, client_msg_id)`, and appends the
@@ -341,6 +357,37 @@ impl Chat {
             missed.messages.extend(page);
         }
         Ok(missed)
+    }
+
+    /// Messages of the user's own conversations whose body contains
+    /// `query` (case-insensitively), newest first.
+    pub async fn search(
+        &self,
+        user: &UserId,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, ApiError> {
+        let query = query.trim();
+        if query.is_empty() {
+            return Err(ApiError::invalid("the search text must not be empty"));
+        }
+        if query.chars().count() > MAX_SEARCH_CHARS {
+            return Err(ApiError::invalid(format!(
+                "the search text exceeds {MAX_SEARCH_CHARS} characters"
+            )));
+        }
+        let limit = match limit {
+            0 => DEFAULT_SEARCH_LIMIT,
+            n => n.min(MAX_SEARCH_LIMIT),
+        };
+        let store = self.backends.store.as_ref();
+        let mine: Vec<String> = store
+            .conversations_of(user.as_str())
+            .await?
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        Ok(store.search_messages(&mine, query, limit).await?)
     }
 
     pub async fn conversations(&self, user: &UserId) -> Result<Vec<ConversationSummary>, ApiError> {

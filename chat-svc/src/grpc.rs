@@ -8,8 +8,8 @@ use parley::ids::{ConversationId, UserId};
 use parley::proto::chat_service_server::{ChatService, ChatServiceServer};
 use parley::proto::{
     HistoryReply, HistoryRequest, ListConversationsReply, ListConversationsRequest,
-    MarkReceiptReply, MarkReceiptRequest, ReceiptKind, SendMessageReply, SendMessageRequest,
-    SyncReply, SyncRequest, TypingReply, TypingRequest,
+    MarkReceiptReply, MarkReceiptRequest, ReceiptKind, SearchMessagesReply, SearchMessagesRequest,
+    SendMessageReply, SendMessageRequest, SyncReply, SyncRequest, TypingReply, TypingRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -106,5 +106,15 @@ impl ChatService for ChatGrpc {
         let user = caller(&req.into_inner().user_id)?;
         let conversations = self.chat.conversations(&user).await?;
         Ok(Response::new(ListConversationsReply { conversations }))
+    }
+
+    async fn search_messages(
+        &self,
+        req: Request<SearchMessagesRequest>,
+    ) -> Result<Response<SearchMessagesReply>, Status> {
+        let r = req.into_inner();
+        let user = caller(&r.user_id)?;
+        let messages = self.chat.search(&user, &r.query, r.limit as usize).await?;
+        Ok(Response::new(SearchMessagesReply { messages }))
     }
 }

@@ -7,11 +7,14 @@
 //! - [`sequencer`]: the `chat-messages` consumer. As the single owner of its
 //!   partitions it assigns each conversation's dense `seq`, persists
 //!   idempotently, fans out through the edges and only then commits.
-//! - [`grpc`]: the tonic adapter, and [`serve`] to run it with its consumer.
+//! - [`notifier`]: the `push-notifications` consumer, POSTing each event to
+//!   a webhook (when one is configured).
+//! - [`grpc`]: the tonic adapter, and [`serve`] to run it with its consumers.
 
 pub mod chat;
 pub mod conversations;
 pub mod grpc;
+pub mod notifier;
 pub mod sequencer;
 
 pub use chat::Chat;
@@ -20,7 +23,8 @@ use parley::backends::Backends;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Serves `ChatService` and runs the sequencer until `shutdown`.
+/// Serves `ChatService` and runs the sequencer and the notifier until
+/// `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     chat: Chat,
@@ -28,11 +32,17 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), parley::grpc::ServeError> {
     let sequencer = tokio::spawn(sequencer::run(chat.clone(), shutdown.clone()));
+    let notifier = tokio::spawn(notifier::run(
+        backends.clone(),
+        chat.webhook().cloned(),
+        shutdown.clone(),
+    ));
     let routes = tonic::service::Routes::new(grpc::server(chat));
     let served =
         parley::grpc::serve(listener, routes, grpc::NAMES, backends, shutdown.clone()).await;
     shutdown.cancel();
     let _ = sequencer.await;
+    let _ = notifier.await;
     served
 }
 
@@ -56,9 +66,33 @@ pub struct ChatArgs {
         default_value_t = 10
     )]
     pub user_send_window_secs: u64,
+    /// Where notifications for members with no live session are POSTed
+    /// (JSON, `http://`); unset: they are queued on `push-notifications`
+    /// and not sent anywhere.
+    #[arg(long, env = "PARLEY_NOTIFY_WEBHOOK_URL", global = true)]
+    pub notify_webhook_url: Option<String>,
+    /// Attempts per notification before it is dropped.
+    #[arg(
+        long,
+        env = "PARLEY_NOTIFY_MAX_ATTEMPTS",
+        global = true,
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u32).range(1..=100)
+    )]
+    pub notify_max_attempts: u32,
 }
 
 impl ChatArgs {
+    /// The webhook, when one is configured.
+    pub fn webhook(&self) -> Option<notifier::Webhook> {
+        self.notify_webhook_url
+            .as_ref()
+            .map(|url| notifier::Webhook {
+                max_attempts: self.notify_max_attempts,
+                ..notifier::Webhook::new(url.clone())
+            })
+    }
+
     pub fn send_limit(&self) -> chat::SendLimit {
         chat::SendLimit {
             count: self.user_send_limit,
@@ -75,7 +109,8 @@ pub async fn run_standalone(
     let node = parley::node::Node::start(parley::discovery::kind::CHAT, node, None).await?;
     node.stop_on_signal();
     let parts = node;
-    let chat = Chat::new(parts.backends.clone(), parts.pusher, args.send_limit());
+    let chat = Chat::new(parts.backends.clone(), parts.pusher, args.send_limit())
+        .with_webhook(args.webhook());
     let served = serve(parts.grpc, chat, parts.backends, parts.shutdown.clone()).await;
     parts.shutdown.cancel();
     let _ = parts.announcer.await;

@@ -4,10 +4,17 @@
 //! the members' sessions, then commit the offsets. A crash before the commit
 //! replays the batch; the store hands back the already stored messages with
 //! their original id and seq.
+//!
+//! Members a new message finds with no live session get a `PushNotification`
+//! on `push-notifications` (keyed by user), published before the commit, so
+//! a replay may notify twice (the notifier's webhook carries an idempotency
+//! key).
 
 use crate::chat::Chat;
-use parley::bus::{Record, Subscription, Topic, next_batch_until, subscribe_until};
-use parley::proto::{ChatEvent, ChatMessage, Conversation, ReceiptEvent, ReceiptKind, chat_event};
+use parley::bus::{BusError, Record, Subscription, Topic, next_batch_until, subscribe_until};
+use parley::proto::{
+    ChatEvent, ChatMessage, Conversation, PushNotification, ReceiptEvent, ReceiptKind, chat_event,
+};
 use parley::protocol::server;
 use parley::push::Outgoing;
 use parley::store::{Appended, Store, StoreError};
@@ -91,10 +98,32 @@ fn steps(batch: &[Record]) -> Vec<Step> {
     steps
 }
 
-async fn process(chat: &Chat, batch: &[Record]) -> Result<(), StoreError> {
+/// Why a batch must be processed again.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot publish notifications: {0}")]
+    Bus(#[from] BusError),
+}
+
+/// The members to notify of `message`: everyone but the sender who has no
+/// live session.
+fn to_notify<'a>(
+    message: &'a ChatMessage,
+    members: &'a [String],
+    sessionless: &'a std::collections::HashSet<String>,
+) -> impl Iterator<Item = &'a String> + 'a {
+    members
+        .iter()
+        .filter(move |m| **m != message.from && sessionless.contains(*m))
+}
+
+async fn process(chat: &Chat, batch: &[Record]) -> Result<(), BatchError> {
     let store = chat.backends.store.as_ref();
     let mut members: HashMap<String, Conversation> = HashMap::new();
     let mut outgoing = Vec::new();
+    let mut delivered: Vec<(ChatMessage, Vec<String>)> = Vec::new();
     for step in steps(batch) {
         match step {
             Step::Messages(run) => {
@@ -110,9 +139,10 @@ async fn process(chat: &Chat, batch: &[Record]) -> Result<(), StoreError> {
                         conversation_members(store, &mut members, conversation).await?
                     {
                         outgoing.push(Outgoing {
-                            users,
+                            users: users.clone(),
                             frame: server::new_message(&stored.message).into(),
                         });
+                        delivered.push((stored.message, users));
                     }
                 }
             }
@@ -132,7 +162,7 @@ async fn process(chat: &Chat, batch: &[Record]) -> Result<(), StoreError> {
                 {
                     Ok(moved) => moved,
                     Err(e) if is_permanent(&e) => None,
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 };
                 let Some(up_to_seq) = moved else { continue };
                 if let Some(users) =
@@ -150,7 +180,24 @@ async fn process(chat: &Chat, batch: &[Record]) -> Result<(), StoreError> {
             }
         }
     }
-    chat.pusher.push(outgoing).await;
+    let pushed = chat.pusher.push_reporting(outgoing).await;
+    for (message, users) in &delivered {
+        for user in to_notify(message, users, &pushed.sessionless) {
+            let event = PushNotification {
+                user_id: user.clone(),
+                message: Some(message.clone()),
+            };
+            chat.backends
+                .bus
+                .publish(
+                    Topic::PushNotifications,
+                    user,
+                    bytes::Bytes::from(event.encode_to_vec()),
+                )
+                .await?;
+            metrics::counter!("parley_chat_notifications_queued_total").increment(1);
+        }
+    }
     Ok(())
 }
 
@@ -204,4 +251,21 @@ async fn conversation_members(
     let members = c.members.clone();
     cache.insert(id.to_owned(), c);
     Ok(Some(members))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sessionless_members_other_than_the_sender_are_notified() {
+        let message = ChatMessage {
+            from: "alice".into(),
+            ..Default::default()
+        };
+        let members = ["alice", "bob", "carol"].map(String::from).to_vec();
+        let sessionless = ["alice", "carol"].map(String::from).into_iter().collect();
+        let notified: Vec<&String> = to_notify(&message, &members, &sessionless).collect();
+        assert_eq!(notified, ["carol"]);
+    }
 }

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use parley::discovery::kind;
 use parley::proto::{
     GetPresenceRequest, GetUsersRequest, HistoryRequest, ListConversationsRequest, LoginRequest,
-    RegisterRequest, SearchUsersRequest, User, VerifyTokenRequest,
+    RegisterRequest, SearchMessagesRequest, SearchUsersRequest, User, VerifyTokenRequest,
 };
 use parley::protocol::{message_json, user_json};
 use parley::{ApiError, ErrorCode};
@@ -47,6 +47,7 @@ pub fn router(state: EdgeState) -> Router {
         .route("/api/users", get(users))
         .route("/api/conversations", get(conversations))
         .route("/api/conversations/{id}/messages", get(messages))
+        .route("/api/search", get(search))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -265,6 +266,36 @@ async fn conversations(
         })
         .collect();
     Ok(Json(json!({"conversations": list})))
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// `GET /api/search?q=&limit=`: messages of the caller's conversations
+/// containing `q`, newest first.
+async fn search(
+    State(state): State<EdgeState>,
+    Caller(me): Caller,
+    query: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, HttpError> {
+    let Query(search) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let reply = state
+        .chat()
+        .await?
+        .search_messages(SearchMessagesRequest {
+            user_id: me.id,
+            query: search.q,
+            limit: search.limit.unwrap_or(0),
+        })
+        .await?
+        .into_inner();
+    let messages: Vec<Value> = reply.messages.iter().map(message_json).collect();
+    Ok(Json(json!({"messages": messages})))
 }
 
 #[derive(Deserialize)]

@@ -54,6 +54,7 @@ impl Cli {
             join_timeout: Duration::from_secs(10),
             ws_frames_per_sec: self.http.ws_frames_per_sec,
             send_limit: self.chat.send_limit(),
+            notify: self.chat.webhook(),
         })
     }
 }

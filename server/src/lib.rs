@@ -36,6 +36,8 @@ pub struct AppConfig {
     pub ws_frames_per_sec: u32,
     /// Messages one user may send per window (all sessions, all edges).
     pub send_limit: parley_chat::chat::SendLimit,
+    /// Where offline members' notifications are POSTed, if anywhere.
+    pub notify: Option<parley_chat::notifier::Webhook>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +110,8 @@ impl App {
             let (b, s) = (backends.clone(), shutdown.clone());
             async move { log_exit("auth", parley_auth::serve(auth_l, accounts, b, s).await) }
         }));
-        let chat = Chat::new(backends.clone(), pusher.clone(), config.send_limit);
+        let chat = Chat::new(backends.clone(), pusher.clone(), config.send_limit)
+            .with_webhook(config.notify.clone());
         tasks.push(tokio::spawn({
             let (b, s) = (backends.clone(), shutdown.clone());
             async move { log_exit("chat", parley_chat::serve(chat_l, chat, b, s).await) }

@@ -168,6 +168,11 @@ async fn outage(service: &'static str) {
         acked.insert(m["id"].as_str().unwrap().to_owned());
     }
     assert_eq!(acked.len(), 5, "sends failed before the outage");
+    // Mid-run means a running system: the sequencer has joined its group
+    // and stored what was sent so far before the engine goes away.
+    let mut b = app.connect(&bob).await;
+    await_all(&mut b, &acked).await;
+    b.close().await;
 
     let _restart = Restart(service);
     infra(&["down", service]).await;

@@ -226,3 +226,57 @@ where
     assert!(store.user_by_email(&ann.email).await.unwrap().is_some());
     assert_eq!(store.messages_after(&c, 0, 10).await.unwrap().len(), 1);
 }
+
+/// Search finds bodies containing the text, case-insensitively, only in the
+/// conversations named, newest first.
+pub async fn search_finds_messages_in_given_conversations(store: Arc<dyn Store>) {
+    let (a, b, c) = (unique("a"), unique("b"), unique("c"));
+    let (mine, theirs) = (unique("c"), unique("c"));
+    store.ensure_direct(&mine, &a, &b, 1).await.unwrap();
+    store.ensure_direct(&theirs, &b, &c, 1).await.unwrap();
+    let mut batch = Vec::new();
+    for (i, (conversation, body)) in [
+        (&mine, "Lunch at noon?"),
+        (&mine, "no"),
+        (&theirs, "lunch is overrated"),
+        (&mine, "LUNCH again (a.k.a. brunch)"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut m = message(conversation, &a, &format!("s{i}"));
+        m.body = body.to_owned();
+        m.sent_at_ms = 100 + i as i64;
+        batch.push(m);
+    }
+    store.append_messages(&batch).await.unwrap();
+    let found = store
+        .search_messages(std::slice::from_ref(&mine), "lunch", 10)
+        .await
+        .unwrap();
+    let bodies: Vec<&str> = found.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["LUNCH again (a.k.a. brunch)", "Lunch at noon?"]);
+    // Regex characters are plain text.
+    let dotted = store
+        .search_messages(std::slice::from_ref(&mine), "(a.k.a.", 10)
+        .await
+        .unwrap();
+    assert_eq!(dotted.len(), 1);
+    let wildcard = store
+        .search_messages(std::slice::from_ref(&mine), "a.k.a..", 10)
+        .await
+        .unwrap();
+    assert!(wildcard.is_empty(), "a dot matched any character");
+    let limited = store
+        .search_messages(&[mine.clone(), theirs.clone()], "lunch", 2)
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 2);
+    assert!(
+        store
+            .search_messages(&[], "lunch", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

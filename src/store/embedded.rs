@@ -463,6 +463,37 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn search_messages(
+        &self,
+        conversations: &[String],
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        let conversations = conversations.to_vec();
+        let query = query.to_lowercase();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let stored = txn.open_table(MESSAGES).map_err(unavailable)?;
+            let mut out: Vec<ChatMessage> = Vec::new();
+            for conversation in &conversations {
+                for entry in stored
+                    .range((conversation.as_str(), 1)..=(conversation.as_str(), u64::MAX))
+                    .map_err(unavailable)?
+                {
+                    let (_, raw) = entry.map_err(unavailable)?;
+                    let message: ChatMessage = decode(raw.value())?;
+                    if message.body.to_lowercase().contains(&query) {
+                        out.push(message);
+                    }
+                }
+            }
+            out.sort_by_key(|m| std::cmp::Reverse((m.sent_at_ms, m.seq)));
+            out.truncate(limit);
+            Ok(out)
+        })
+        .await
+    }
+
     async fn advance_cursor(
         &self,
         conversation: &str,

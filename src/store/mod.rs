@@ -120,6 +120,16 @@ pub trait Store: Send + Sync + 'static {
         before_seq: u64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError>;
+    /// Messages of `conversations` whose body contains `query`
+    /// (case-insensitively), newest first, at most `limit`. A scan of those
+    /// conversations' messages on every backend: fine for a user's own
+    /// history, not a full-text index.
+    async fn search_messages(
+        &self,
+        conversations: &[String],
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError>;
     /// Moves a member's cursor forward (never back, never past the last
     /// seq). Answers the new position when it moved.
     async fn advance_cursor(

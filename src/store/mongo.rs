@@ -715,6 +715,34 @@ impl Store for MongoStore {
         self.messages_between(conversation, first, last).await
     }
 
+    async fn search_messages(
+        &self,
+        conversations: &[String],
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        if conversations.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let filter = doc! {
+            "conversation_id": {"$in": conversations},
+            "body": {"$regex": regex_escape(query), "$options": "i"},
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.coll("messages")
+            .find(filter)
+            .sort(doc! {"sent_at": -1, "seq": -1})
+            .limit(limit)
+            .await
+            .map_err(unavailable)?
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(message_from)
+            .collect()
+    }
+
     async fn advance_cursor(
         &self,
         conversation: &str,

@@ -69,6 +69,7 @@ pub fn test_config(dir: &std::path::Path) -> AppConfig {
         join_timeout: Duration::from_millis(500),
         ws_frames_per_sec: parley_edge::state::DEFAULT_FRAMES_PER_SECOND,
         send_limit: parley_chat::chat::SendLimit::default(),
+        notify: None,
     }
 }
 
