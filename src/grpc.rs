@@ -3,6 +3,8 @@
 //! until the role's backends answer and whenever they stop answering.
 
 use crate::backends::Backends;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -66,11 +68,64 @@ pub async fn serve(
     let routes = routes.add_service(reflection).add_service(health);
     let result = Server::builder()
         .tcp_nodelay(true)
+        .layer(tower::layer::layer_fn(CountInFlight))
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await;
     watcher.abort();
     Ok(result?)
+}
+
+/// gRPC requests this process is serving right now, over all its servers:
+/// the `load` a role reports in the registry.
+static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+
+pub fn in_flight() -> u64 {
+    IN_FLIGHT.load(Ordering::Relaxed)
+}
+
+/// Counts a request from its arrival until its response (or its
+/// cancellation) drops the guard.
+struct InFlightGuard;
+
+impl InFlightGuard {
+    fn new() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The tower middleware that keeps [`IN_FLIGHT`].
+#[derive(Clone, Debug)]
+struct CountInFlight<S>(S);
+
+impl<S, R> tower::Service<R> for CountInFlight<S>
+where
+    S: tower::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let guard = InFlightGuard::new();
+        let response = self.0.call(request);
+        Box::pin(async move {
+            let _guard = guard;
+            response.await
+        })
+    }
 }
 
 async fn check(backends: &Backends) -> ServingStatus {
@@ -86,5 +141,39 @@ async fn check(backends: &Backends) -> ServingStatus {
 async fn report(reporter: &HealthReporter, names: &[&str], status: ServingStatus) {
     for name in std::iter::once(&"").chain(names) {
         reporter.set_service_status(*name, status).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Service, ServiceExt};
+
+    #[tokio::test]
+    async fn a_request_counts_until_its_response_or_cancellation() {
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let wait = std::sync::Arc::new(tokio::sync::Mutex::new(Some(wait)));
+        let inner = tower::service_fn(move |()| {
+            let wait = wait.clone();
+            async move {
+                if let Some(rx) = wait.lock().await.take() {
+                    let _ = rx.await;
+                }
+                Ok::<_, std::convert::Infallible>(())
+            }
+        });
+        let mut service = CountInFlight(inner);
+        let before = in_flight();
+        let pending = service.ready().await.unwrap().call(());
+        assert_eq!(in_flight(), before + 1);
+        let answered = tokio::spawn(pending);
+        release.send(()).unwrap();
+        answered.await.unwrap().unwrap();
+        assert_eq!(in_flight(), before);
+
+        let dropped = service.ready().await.unwrap().call(());
+        assert_eq!(in_flight(), before + 1);
+        drop(dropped);
+        assert_eq!(in_flight(), before);
     }
 }

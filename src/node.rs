@@ -138,7 +138,7 @@ impl Node {
             backends.registry.clone(),
             entry,
             liveness,
-            || 0,
+            crate::grpc::in_flight,
             shutdown.clone(),
         )
         .await?;

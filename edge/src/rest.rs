@@ -372,7 +372,8 @@ async fn ready(State(state): State<EdgeState>) -> impl IntoResponse {
 /// Live instances by kind, as registered (an entry exists only while its
 /// instance heartbeats), each with what its gRPC health check answers now:
 /// `serving`, `not_serving` (up, but its backends are not) or `unreachable`.
-/// `load` is what the instance last reported: open sockets for an edge.
+/// `load` is what the instance last reported: open sockets for an edge,
+/// gRPC requests in flight for a service.
 async fn services(State(state): State<EdgeState>) -> Result<impl IntoResponse, HttpError> {
     let list = state
         .discovery

@@ -98,7 +98,7 @@ impl App {
                     backends.registry.clone(),
                     entry,
                     config.liveness,
-                    || 0,
+                    parley::grpc::in_flight,
                     shutdown.clone(),
                 )
                 .await?,
