@@ -203,6 +203,18 @@ mod mongo_store_checks {
         store::survives_reopen(|| open(&url, &database)).await;
     }
 
+    /// A store on a fresh database, and a plain client of that database to
+    /// set up what a crash leaves behind.
+    async fn open_with_raw(url: &str) -> (Arc<dyn Store>, mongodb::Database) {
+        let database = random("test");
+        let store = open(url, &database).await;
+        let raw = mongodb::Client::with_uri_str(url)
+            .await
+            .unwrap()
+            .database(&database);
+        (store, raw)
+    }
+
     /// Appends write a message's key, then the message, then `last_seq`,
     /// with no transaction: each state a crash can leave between two of
     /// those writes is completed by the next append (the replay).
@@ -212,12 +224,7 @@ mod mongo_store_checks {
         let Some(url) = real("MONGODB_URL") else {
             return;
         };
-        let database = random("test");
-        let store = open(&url, &database).await;
-        let raw = mongodb::Client::with_uri_str(&url)
-            .await
-            .unwrap()
-            .database(&database);
+        let (store, raw) = open_with_raw(&url).await;
         let conversations = raw.collection::<mongodb::bson::Document>("conversations");
         let messages = raw.collection::<mongodb::bson::Document>("messages");
         let (a, b, c) = (unique("a"), unique("b"), unique("c"));
@@ -271,12 +278,7 @@ mod mongo_store_checks {
         let Some(url) = real("MONGODB_URL") else {
             return;
         };
-        let database = random("test");
-        let store = open(&url, &database).await;
-        let raw = mongodb::Client::with_uri_str(&url)
-            .await
-            .unwrap()
-            .database(&database);
+        let (store, raw) = open_with_raw(&url).await;
         let keys = raw.collection::<mongodb::bson::Document>("user_keys");
         let record = store::record(&unique("u"));
         store.create_user(&record).await.unwrap();

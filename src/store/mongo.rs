@@ -240,6 +240,26 @@ impl MongoStore {
             .map_err(unavailable)
     }
 
+    /// A filtered, sorted, limited find: for the searches, which scan on
+    /// FerretDB whatever their shape.
+    async fn find_sorted(
+        &self,
+        collection: &str,
+        filter: Document,
+        sort: Document,
+        limit: usize,
+    ) -> Result<Vec<Document>, StoreError> {
+        self.coll(collection)
+            .find(filter)
+            .sort(sort)
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)
+    }
+
     /// Point lookups of many `_id`s, a few in flight at once; the answers
     /// are in the order of `ids`. (`$in` is not pushed down by FerretDB.)
     async fn by_ids(
@@ -467,16 +487,8 @@ impl Store for MongoStore {
             {"username_lower": {"$regex": &pattern}},
             {"display_lower": {"$regex": &pattern}},
         ]};
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.coll("users")
-            .find(filter)
-            .sort(doc! {"username_lower": 1})
-            .limit(limit)
-            .await
-            .map_err(unavailable)?
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(unavailable)?
+        self.find_sorted("users", filter, doc! {"username_lower": 1}, limit)
+            .await?
             .iter()
             .map(user_from)
             .collect()
@@ -728,16 +740,8 @@ impl Store for MongoStore {
             "conversation_id": {"$in": conversations},
             "body": {"$regex": regex_escape(query), "$options": "i"},
         };
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.coll("messages")
-            .find(filter)
-            .sort(doc! {"sent_at": -1, "seq": -1})
-            .limit(limit)
-            .await
-            .map_err(unavailable)?
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(unavailable)?
+        self.find_sorted("messages", filter, doc! {"sent_at": -1, "seq": -1}, limit)
+            .await?
             .iter()
             .map(message_from)
             .collect()

@@ -203,21 +203,8 @@ impl Cluster {
     /// and serving). Start-up has no event to await from outside the
     /// process, so this is a bounded poll.
     pub async fn wait_ready(&self, id: &str) {
-        let app = self.edge(id);
-        let deadline = tokio::time::Instant::now() + RECOVERY;
-        loop {
-            if let Ok(resp) = app.http.get(app.url("/ready")).send().await
-                && resp.status() == 200
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{id} not ready; logs in {}",
-                self.dir.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("{id} /ready (logs in {})", self.dir.display());
+        answers_ok(&self.edge(id), "/ready", &what).await;
     }
 
     /// nginx from the same template scripts/cluster fills in.
@@ -249,21 +236,22 @@ impl Cluster {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {nginx}: {e} (scripts/infra installs it)"));
         self.nginx_process = Some(child);
-        let app = self.front();
-        let deadline = tokio::time::Instant::now() + RECOVERY;
-        loop {
-            if let Ok(resp) = app.http.get(app.url("/health")).send().await
-                && resp.status() == 200
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nginx did not answer; see {}",
-                prefix.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let what = format!("nginx /health (see {})", prefix.display());
+        answers_ok(&self.front(), "/health", &what).await;
+    }
+}
+
+/// Polls `path` until it answers 200, failing after [`RECOVERY`].
+async fn answers_ok(app: &TestApp, path: &str, what: &str) {
+    let deadline = tokio::time::Instant::now() + RECOVERY;
+    loop {
+        if let Ok(resp) = app.http.get(app.url(path)).send().await
+            && resp.status() == 200
+        {
+            return;
         }
+        assert!(tokio::time::Instant::now() < deadline, "no 200 from {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
