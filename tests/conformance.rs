@@ -269,6 +269,32 @@ mod mongo_store_checks {
         assert_eq!(bodies, [(1, "1"), (2, "2"), (3, "3"), (4, "4"), (5, "5")]);
         assert_eq!(messages.count_documents(doc! {}).await.unwrap(), 5);
         assert_eq!(store.conversation(&c).await.unwrap().unwrap().last_seq, 5);
+
+        // Keys that do not match their seq (only a second writer of the
+        // conversation leaves them): the message gets a new seq, the key is
+        // rewritten, nothing is lost. One points at another message; one
+        // reserves a seq a new message of the same batch takes first.
+        let keys = raw.collection::<mongodb::bson::Document>("message_keys");
+        for (client_msg_id, seq) in [("stale", 2_i64), ("late", 7_i64)] {
+            keys.insert_one(
+                doc! {"_id": format!("{a}|{client_msg_id}"), "conversation_id": &c, "seq": seq},
+            )
+            .await
+            .unwrap();
+        }
+        let stale = store.append_messages(&[m("stale")]).await.unwrap();
+        assert_eq!((stale[0].message.seq, stale[0].fresh), (6, true));
+        let both = store
+            .append_messages(&[m("first"), m("late")])
+            .await
+            .unwrap();
+        let got: Vec<(u64, bool)> = both.iter().map(|r| (r.message.seq, r.fresh)).collect();
+        assert_eq!(got, [(7, true), (8, true)]);
+        for (client_msg_id, seq) in [("stale", 6), ("first", 7), ("late", 8)] {
+            let found = store.message_by_client_id(&a, client_msg_id).await.unwrap();
+            assert_eq!(found.map(|f| f.seq), Some(seq), "{client_msg_id}");
+        }
+        assert_eq!(messages.count_documents(doc! {}).await.unwrap(), 8);
     }
 
     /// A login key lost between the account and its key is rebuilt.

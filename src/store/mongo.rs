@@ -590,6 +590,7 @@ impl Store for MongoStore {
         // follow its original in one batch).
         let mut seen: HashMap<&str, usize> = HashMap::new();
         let mut new_keys = Vec::new();
+        let mut rewritten_keys = Vec::new();
         let mut to_write = Vec::new();
         let mut out: Vec<Appended> = Vec::with_capacity(messages.len());
         for ((m, key), found) in messages.iter().zip(&keys).zip(found) {
@@ -602,47 +603,71 @@ impl Store for MongoStore {
                 continue;
             }
             seen.insert(key, out.len());
+            // A key whose seq holds this very message: a duplicate. A key
+            // whose seq is free (and not taken in this batch): reserved by
+            // an append that stopped before the message, written there now.
+            // Any other key is stale (its seq went to another message, which
+            // only a second writer of the conversation can cause): the
+            // message gets a new seq and the key is rewritten.
+            let mut stale_key = false;
             if let Some(k) = found {
                 let conversation = get_str(&k, "conversation_id")?;
                 let seq = get_u64(&k, "seq");
-                if let Some(d) = self
+                let stored = self
                     .by_id("messages", &message_key(&conversation, seq))
-                    .await?
-                {
-                    out.push(Appended {
-                        message: message_from(&d)?,
-                        fresh: false,
-                    });
-                    continue;
+                    .await?;
+                match stored {
+                    Some(d)
+                        if d.get_str("from") == Ok(m.from.as_str())
+                            && d.get_str("client_msg_id") == Ok(m.client_msg_id.as_str()) =>
+                    {
+                        out.push(Appended {
+                            message: message_from(&d)?,
+                            fresh: false,
+                        });
+                        continue;
+                    }
+                    None if seq > seqs.last(self, &conversation).await? => {
+                        seqs.take(&conversation, seq);
+                        let mut message = m.clone();
+                        message.conversation_id = conversation;
+                        message.seq = seq;
+                        to_write.push(message_doc(&message));
+                        out.push(Appended {
+                            message,
+                            fresh: true,
+                        });
+                        continue;
+                    }
+                    _ => stale_key = true,
                 }
-                // Reserved by an append that stopped before writing the
-                // message: it is written now, at the seq it reserved.
-                seqs.last(self, &conversation).await?;
-                seqs.take(&conversation, seq);
-                let mut message = m.clone();
-                message.conversation_id = conversation;
-                message.seq = seq;
-                to_write.push(message_doc(&message));
-                out.push(Appended {
-                    message,
-                    fresh: true,
-                });
-                continue;
             }
             let seq = seqs.last(self, &m.conversation_id).await? + 1;
             seqs.take(&m.conversation_id, seq);
             let mut message = m.clone();
             message.seq = seq;
-            new_keys.push(doc! {
+            let key_doc = doc! {
                 "_id": key,
                 "conversation_id": &message.conversation_id,
                 "seq": seq_bson(seq),
-            });
+            };
+            if stale_key {
+                rewritten_keys.push(key_doc);
+            } else {
+                new_keys.push(key_doc);
+            }
             to_write.push(message_doc(&message));
             out.push(Appended {
                 message,
                 fresh: true,
             });
+        }
+        for key_doc in rewritten_keys {
+            let id = key_doc.get_str("_id").unwrap_or_default().to_owned();
+            self.coll("message_keys")
+                .replace_one(doc! {"_id": id}, key_doc)
+                .await
+                .map_err(unavailable)?;
         }
         // Keys, then messages, then `last_seq`: see the module docs.
         if !new_keys.is_empty() {
@@ -701,7 +726,7 @@ impl Store for MongoStore {
             return Ok(Vec::new());
         };
         let last = get_u64(&c, "last_seq").min(after_seq.saturating_add(limit as u64));
-        self.messages_between(conversation, after_seq + 1, last)
+        self.messages_between(conversation, after_seq.saturating_add(1), last)
             .await
     }
 
