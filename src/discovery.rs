@@ -4,7 +4,7 @@
 //!
 //! Balancing is round-robin over the live instances of a kind, with passive
 //! health checks (as nginx's `max_fails`): a call that fails below gRPC
-//! (refused, reset, timed out) sets its instance aside for [`EJECTION`], so
+//! (refused, reset; not a timeout) sets its instance aside for [`EJECTION`], so
 //! a killed instance costs its callers one failed call each rather than one
 //! in N until the registry drops it. A gRPC status from the service itself,
 //! even `UNAVAILABLE`, is an answer and ejects nothing. (tonic's own
@@ -191,7 +191,25 @@ impl Routed {
     }
 }
 
+/// Whether `error` is the request deadline running out: the instance may
+/// be slow, not gone, so it is not set aside for it (one that stops
+/// answering altogether leaves the registry within its TTL).
+fn is_timeout(error: &tonic::transport::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 fn eject(ejected: &Mutex<HashMap<String, Instant>>, addr: &str, error: &tonic::transport::Error) {
+    if is_timeout(error) {
+        tracing::warn!(%addr, %error, "call timed out");
+        return;
+    }
     tracing::warn!(%addr, %error, "call failed below gRPC; instance set aside");
     if let Ok(mut ejected) = ejected.lock() {
         ejected.insert(addr.to_owned(), Instant::now());

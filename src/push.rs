@@ -22,8 +22,9 @@ pub struct Outgoing {
 pub struct Pushed {
     /// Session writes made.
     pub writes: usize,
-    /// Users of the batch with no live session anywhere (the candidates for
-    /// an offline notification).
+    /// Users of the batch that no session write reached: no session in the
+    /// registry, or only sessions on edges that are gone or no longer hold
+    /// them (the candidates for an offline notification).
     pub sessionless: std::collections::HashSet<String>,
 }
 
@@ -65,11 +66,13 @@ impl Pusher {
         for s in &sessions {
             by_user.entry(s.user_id.as_str()).or_default().push(s);
         }
-        let sessionless = users
-            .iter()
-            .filter(|u| !by_user.contains_key(u.as_str()))
-            .cloned()
-            .collect();
+        let no_session = || -> std::collections::HashSet<String> {
+            users
+                .iter()
+                .filter(|u| !by_user.contains_key(u.as_str()))
+                .cloned()
+                .collect()
+        };
         // edge id → deliveries, in batch order.
         let mut per_edge: HashMap<&str, Vec<Delivery>> = HashMap::new();
         for out in &batch {
@@ -92,7 +95,7 @@ impl Pusher {
         if per_edge.is_empty() {
             return Pushed {
                 writes: 0,
-                sessionless,
+                sessionless: no_session(),
             };
         }
         let edges: HashMap<String, String> = match self.discovery.instances(kind::EDGE).await {
@@ -101,7 +104,7 @@ impl Pusher {
                 tracing::warn!(error = %e, "cannot look up edges; push skipped");
                 return Pushed {
                     writes: 0,
-                    sessionless,
+                    sessionless: no_session(),
                 };
             }
         };
@@ -116,13 +119,13 @@ impl Pusher {
             async move {
                 let Some(addr) = addr else {
                     tracing::debug!(%edge, "edge not registered; its sessions are stale");
-                    return 0;
+                    return (0, Vec::new());
                 };
                 let channel = match discovery.channel_at(&addr) {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(%edge, error = %e, "no channel to edge");
-                        return 0;
+                        return (0, Vec::new());
                     }
                 };
                 match EdgeServiceClient::new(channel)
@@ -132,23 +135,34 @@ impl Pusher {
                     Ok(reply) => {
                         let reply = reply.into_inner();
                         // Sessions the edge no longer holds are stale entries.
-                        for stale in reply.unknown_sessions {
-                            if let Some(s) = sessions.iter().find(|s| s.session_id == stale) {
+                        for stale in &reply.unknown_sessions {
+                            if let Some(s) = sessions.iter().find(|s| &s.session_id == stale) {
                                 let _ = discovery.registry().remove_session(s).await;
                             }
                         }
-                        reply.delivered as usize
+                        let reached = sessions
+                            .iter()
+                            .filter(|s| !reply.unknown_sessions.contains(&s.session_id))
+                            .map(|s| s.user_id.clone())
+                            .collect();
+                        (reply.delivered as usize, reached)
                     }
                     Err(status) => {
                         tracing::warn!(%edge, %addr, %status, "deliver failed");
-                        0
+                        (0, Vec::new())
                     }
                 }
             }
         });
+        let mut writes = 0;
+        let mut reached = std::collections::HashSet::new();
+        for (n, users) in futures::future::join_all(calls).await {
+            writes += n;
+            reached.extend(users);
+        }
         Pushed {
-            writes: futures::future::join_all(calls).await.into_iter().sum(),
-            sessionless,
+            writes,
+            sessionless: users.into_iter().filter(|u| !reached.contains(u)).collect(),
         }
     }
 }

@@ -21,9 +21,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub const GROUP: &str = "notifier";
-const BATCH: usize = 256;
-/// Events of one batch POSTed at once.
-const IN_FLIGHT: usize = 16;
+/// Events of one batch, all POSTed at once: a batch takes at most
+/// [`Webhook::give_up_after`], well inside the consumer's poll interval
+/// (30 s), so a failing webhook cannot get the notifier evicted from its
+/// group and its batches re-sent.
+const BATCH: usize = 16;
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -35,6 +37,8 @@ pub struct Webhook {
     pub url: String,
     /// Attempts per event before it is dropped (logged and counted).
     pub max_attempts: u32,
+    /// Nor is an event retried after this long since its first attempt.
+    pub give_up_after: Duration,
     /// The wait after the first failure; doubled after each next one.
     pub first_backoff: Duration,
     /// Per attempt.
@@ -46,6 +50,7 @@ impl Webhook {
         Self {
             url: url.into(),
             max_attempts: 8,
+            give_up_after: Duration::from_secs(20),
             first_backoff: Duration::from_millis(250),
             timeout: Duration::from_secs(5),
         }
@@ -103,7 +108,7 @@ pub async fn run(backends: Backends, webhook: Option<Webhook>, shutdown: Cancell
         };
         let finished = futures::stream::iter(0..batch.len())
             .map(|i| notify(client, webhook, &batch[i], &shutdown))
-            .buffer_unordered(IN_FLIGHT)
+            .buffer_unordered(BATCH)
             .collect::<Vec<bool>>()
             .await;
         if finished.contains(&false) {
@@ -138,14 +143,16 @@ async fn notify(
     });
     let key = format!("{}:{user_id}", message.id);
     let mut backoff = webhook.first_backoff;
+    let deadline = tokio::time::Instant::now() + webhook.give_up_after;
     for attempt in 1..=webhook.max_attempts {
-        let outcome = match client
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let post = client
             .post(&webhook.url)
             .header("Idempotency-Key", &key)
+            .timeout(webhook.timeout.min(left))
             .json(&body)
-            .send()
-            .await
-        {
+            .send();
+        let outcome = match post.await {
             Ok(resp) => classify(resp.status()),
             Err(e) => Attempt::Retry(e.to_string()),
         };
@@ -161,7 +168,9 @@ async fn notify(
             }
             Attempt::Retry(why) => {
                 tracing::debug!(%key, attempt, %why, "webhook attempt failed");
-                if attempt == webhook.max_attempts {
+                if attempt == webhook.max_attempts
+                    || tokio::time::Instant::now() + backoff >= deadline
+                {
                     break;
                 }
                 tokio::select! {
@@ -172,7 +181,7 @@ async fn notify(
             }
         }
     }
-    tracing::warn!(%key, attempts = webhook.max_attempts, "webhook kept failing; notification dropped");
+    tracing::warn!(%key, "webhook kept failing; notification dropped");
     metrics::counter!("parley_notifications_dropped_total").increment(1);
     true
 }

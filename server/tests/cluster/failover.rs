@@ -345,9 +345,11 @@ async fn an_instance_that_stops_heartbeating_leaves_the_listing_and_is_no_longer
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let gone_after = frozen_at.elapsed();
-    // Its TTL, plus at most one poll and a heartbeat's timing slack.
+    // Its TTL, plus one poll (which waits up to 1 s on the frozen
+    // instance's health) and scheduling slack on a loaded machine.
+    eprintln!("chat-2 left the listing {gone_after:?} after it froze");
     assert!(
-        gone_after <= Duration::from_secs(SERVICE_TTL_SECS) + Duration::from_millis(1500),
+        gone_after <= Duration::from_secs(SERVICE_TTL_SECS) + Duration::from_secs(3),
         "chat-2 listed {gone_after:?} after it stopped heartbeating"
     );
 

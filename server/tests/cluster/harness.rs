@@ -157,11 +157,21 @@ impl Cluster {
         }
     }
 
-    /// SIGTERM, and waits for the process to exit.
+    /// SIGTERM, and waits (at most [`RECOVERY`]) for the process to exit.
     pub fn terminate(&mut self, id: &str) -> std::process::ExitStatus {
         self.signal(id, "-TERM");
         let mut child = self.processes.remove(id).unwrap();
-        child.wait().unwrap()
+        let deadline = std::time::Instant::now() + RECOVERY;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{id} did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGSTOP: the process stays, its sockets stay open, it answers nothing.
