@@ -28,7 +28,7 @@ pub struct Cli {
     pub chat: parley_chat::ChatArgs,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Role {
     /// Every role in one process (the default).
     All,
@@ -40,6 +40,12 @@ pub enum Role {
     Chat,
     /// presence-svc: sessions and presence (GRPC_ADDR).
     Presence,
+    /// Asks a gRPC server's health service and exits 0 when it is SERVING,
+    /// 1 otherwise: a container healthcheck (`parley probe 127.0.0.1:50051`).
+    Probe {
+        /// host:port of the gRPC server.
+        addr: String,
+    },
 }
 
 impl Cli {

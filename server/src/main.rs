@@ -10,12 +10,44 @@ use parley_server::cli::{Cli, Role};
 async fn main() -> anyhow::Result<()> {
     parley::telemetry::init();
     let cli = Cli::parse();
-    match cli.role.unwrap_or(Role::All) {
+    match cli.role.clone().unwrap_or(Role::All) {
         Role::All => run_all(&cli).await,
         Role::Edge => Ok(parley_edge::run_standalone(&cli.node, &cli.http).await?),
         Role::Auth => Ok(parley_auth::run_standalone(&cli.node, &cli.auth).await?),
         Role::Chat => Ok(parley_chat::run_standalone(&cli.node, &cli.chat).await?),
         Role::Presence => Ok(parley_presence::run_standalone(&cli.node).await?),
+        Role::Probe { addr } => {
+            if let Err(e) = probe(&addr).await {
+                // One line for a healthcheck log, not a backtrace.
+                eprintln!("{addr}: not serving: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One gRPC health check with a short deadline; the exit code says SERVING.
+async fn probe(addr: &str) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(2))
+        .connect()
+        .await?;
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner()
+        .status;
+    if status == ServingStatus::Serving as i32 {
+        println!("SERVING");
+        Ok(())
+    } else {
+        anyhow::bail!("{addr} is not serving (status {status})")
     }
 }
 

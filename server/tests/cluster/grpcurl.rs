@@ -50,8 +50,24 @@ async fn grpcurl_lists_and_calls_every_instance_through_reflection() {
             assert!(described.contains("rpc "), "{described}");
             let health = grpcurl(&["-plaintext", addr, "grpc.health.v1.Health/Check"]);
             assert!(health.contains("SERVING"), "{addr}: {health}");
+            // The container healthcheck answers the same.
+            let probe = Command::new(env!("CARGO_BIN_EXE_parley"))
+                .args(["probe", addr])
+                .output()
+                .unwrap();
+            assert!(probe.status.success(), "parley probe {addr}: {probe:?}");
         }
     }
+
+    // Nothing listening: the probe fails.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let probe = Command::new(env!("CARGO_BIN_EXE_parley"))
+        .args(["probe", &closed_addr])
+        .output()
+        .unwrap();
+    assert!(!probe.status.success(), "probe of a closed port succeeded");
 
     // A real call to each kind, with JSON built from the reflected schema.
     let auth = services["auth"][0]["grpc_addr"].as_str().unwrap();
