@@ -41,6 +41,27 @@ async fn infra(args: &[&str]) {
     assert!(status.success(), "scripts/infra {args:?} failed");
 }
 
+/// `scripts/infra down SERVICE`, checking the service really stopped: `down`
+/// stops only what this checkout's `scripts/infra up` started, and a
+/// service started elsewhere (another checkout) would silently stay up.
+async fn stop(service: &str) {
+    infra(&["down", service]).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/infra");
+    let status = tokio::process::Command::new(script)
+        .arg("status")
+        .output()
+        .await
+        .unwrap();
+    let listing = String::from_utf8_lossy(&status.stdout);
+    let still_up = listing
+        .lines()
+        .any(|l| l.starts_with(service) && l.contains(" up "));
+    assert!(
+        !still_up,
+        "{service} is still running after `scripts/infra down {service}`: it was not started by this checkout's scripts/infra (stop it where it was started, then rerun)\n{listing}"
+    );
+}
+
 /// Restarts a stopped service if the test fails before it does, so one
 /// failure does not take the following tests down with it.
 struct Restart(&'static str);
@@ -175,7 +196,7 @@ async fn outage(service: &'static str) {
     b.close().await;
 
     let _restart = Restart(service);
-    infra(&["down", service]).await;
+    stop(service).await;
     let during = send_burst(&app, &alice, &bob.id, 5, 5).await;
     acked.extend(during.iter().map(|m| m["id"].as_str().unwrap().to_owned()));
     ready_becomes(&app, 503).await;
@@ -248,7 +269,7 @@ async fn sessions_and_presence_rebuild_after_a_redis_restart() {
         .expect("no delivery before the restart");
 
     let _restart = Restart("redis");
-    infra(&["down", "redis"]).await;
+    stop("redis").await;
     infra(&["up", "redis"]).await; // empty: no persistence
 
     // Without reconnecting, bob gets live pushes again once the edge's
