@@ -139,13 +139,6 @@ impl Discovery {
         self.channel_at(addr)
     }
 
-    /// Whether a call to `addr` failed below gRPC within [`EJECTION`].
-    pub fn is_ejected(&self, addr: &str) -> bool {
-        self.ejected
-            .lock()
-            .is_ok_and(|e| e.get(addr).is_some_and(|at| at.elapsed() < EJECTION))
-    }
-
     /// The channel to one address, created on first use.
     pub fn channel_at(&self, addr: &str) -> Result<Routed, ApiError> {
         let mut channels = self

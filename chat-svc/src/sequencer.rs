@@ -181,23 +181,23 @@ async fn process(chat: &Chat, batch: &[Record]) -> Result<(), BatchError> {
         }
     }
     let pushed = chat.pusher.push_reporting(outgoing).await;
-    for (message, users) in &delivered {
-        for user in to_notify(message, users, &pushed.sessionless) {
+    // Published together (the bus batches them), all before the commit.
+    let bus = chat.backends.bus.as_ref();
+    let publishes = delivered.iter().flat_map(|(message, users)| {
+        to_notify(message, users, &pushed.sessionless).map(move |user| {
             let event = PushNotification {
                 user_id: user.clone(),
                 message: Some(message.clone()),
             };
-            chat.backends
-                .bus
-                .publish(
-                    Topic::PushNotifications,
-                    user,
-                    bytes::Bytes::from(event.encode_to_vec()),
-                )
-                .await?;
-            metrics::counter!("parley_chat_notifications_queued_total").increment(1);
-        }
-    }
+            bus.publish(
+                Topic::PushNotifications,
+                user,
+                bytes::Bytes::from(event.encode_to_vec()),
+            )
+        })
+    });
+    let queued = futures::future::try_join_all(publishes).await?.len();
+    metrics::counter!("parley_chat_notifications_queued_total").increment(queued as u64);
     Ok(())
 }
 
