@@ -21,14 +21,6 @@ use std::time::Duration;
 /// The tests stop shared services: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn real() -> bool {
-    let real = std::env::var_os("PARLEY_TEST_REAL").is_some();
-    if !real {
-        eprintln!("skipped: fault test needs the real engines (PARLEY_TEST_REAL unset)");
-    }
-    real
-}
-
 /// `scripts/infra ARGS`, which must succeed.
 async fn infra(args: &[&str]) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/infra");
@@ -168,12 +160,7 @@ async fn ready_becomes(app: &TestApp, status: u16) {
 }
 
 async fn stored_once(app: &TestApp, acked: &BTreeSet<String>) {
-    let client = mongodb::Client::with_uri_str(app.backends.mongodb_url.as_deref().unwrap())
-        .await
-        .unwrap();
-    let messages = client
-        .database(app.backends.mongodb_database.as_deref().unwrap())
-        .collection::<mongodb::bson::Document>("messages");
+    let messages = app.stored_messages().await;
     for id in acked {
         let count = messages.count_documents(doc! {"id": id}).await.unwrap();
         assert_eq!(count, 1, "message {id} stored {count} times");
@@ -229,7 +216,7 @@ async fn outage(service: &'static str) {
 
 #[tokio::test]
 async fn kafka_stopped_mid_run_loses_no_acked_message() {
-    if !real() {
+    if !real_engines("this fault test") {
         return;
     }
     let _serial = SERIAL.lock().await;
@@ -238,7 +225,7 @@ async fn kafka_stopped_mid_run_loses_no_acked_message() {
 
 #[tokio::test]
 async fn mongo_wire_stopped_mid_run_loses_no_acked_message() {
-    if !real() {
+    if !real_engines("this fault test") {
         return;
     }
     let _serial = SERIAL.lock().await;
@@ -247,7 +234,7 @@ async fn mongo_wire_stopped_mid_run_loses_no_acked_message() {
 
 #[tokio::test]
 async fn sessions_and_presence_rebuild_after_a_redis_restart() {
-    if !real() {
+    if !real_engines("this fault test") {
         return;
     }
     let _serial = SERIAL.lock().await;

@@ -1,12 +1,13 @@
 //! Users on different edges talk as if on one node; a user with sessions on
 //! both edges gets everything on both.
 
-use crate::harness::{Cluster, real};
+use crate::harness::Cluster;
+use crate::helpers::real_engines;
 use serde_json::json;
 
 #[tokio::test]
 async fn users_on_different_edges_chat_with_receipts_typing_and_presence() {
-    if !real() {
+    if !real_engines("this cluster test") {
         return;
     }
     let cluster = Cluster::start().await;
@@ -86,8 +87,8 @@ async fn users_on_different_edges_chat_with_receipts_typing_and_presence() {
 }
 
 #[tokio::test]
-async fn services_lists_every_instance_with_its_health_and_load() {
-    if !real() {
+async fn services_lists_every_instance_with_its_health() {
+    if !real_engines("this cluster test") {
         return;
     }
     let cluster = Cluster::start().await;

@@ -2,7 +2,7 @@
 //! messages flow, an edge killed under its clients, an edge stopped
 //! gracefully, an instance frozen so that it stops heartbeating.
 
-use crate::harness::{Cluster, RECOVERY, SERVICE_TTL_SECS, real};
+use crate::harness::{Cluster, RECOVERY, SERVICE_TTL_SECS};
 use crate::helpers::*;
 use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
@@ -37,9 +37,9 @@ async fn send_until_acked(ws: &mut Ws, to: &str, client_msg_id: &str) -> Value {
 }
 
 /// Reads `new_message` frames until every id in `wanted` has come;
-/// answers how many times each id came.
-async fn receive_all(ws: &mut Ws, wanted: &BTreeSet<String>) -> BTreeMap<String, usize> {
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+/// answers every message that came, by id (repeats collapse).
+async fn receive_all(ws: &mut Ws, wanted: &BTreeSet<String>) -> BTreeMap<String, Value> {
+    let mut seen: BTreeMap<String, Value> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + RECOVERY;
     while !wanted.iter().all(|id| seen.contains_key(id)) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -50,32 +50,10 @@ async fn receive_all(ws: &mut Ws, wanted: &BTreeSet<String>) -> BTreeMap<String,
             let missing: Vec<_> = wanted.iter().filter(|id| !seen.contains_key(*id)).collect();
             panic!("never delivered: {missing:?}");
         };
-        *seen
-            .entry(m["message"]["id"].as_str().unwrap().to_owned())
-            .or_default() += 1;
+        let message = m["message"].clone();
+        seen.insert(message["id"].as_str().unwrap().to_owned(), message);
     }
     seen
-}
-
-/// Reads `new_message` frames until every id in `wanted` has come;
-/// answers those messages.
-async fn receive_frames(ws: &mut Ws, wanted: &BTreeSet<String>) -> Vec<Value> {
-    let mut got: BTreeMap<String, Value> = BTreeMap::new();
-    let deadline = tokio::time::Instant::now() + RECOVERY;
-    while !wanted.iter().all(|id| got.contains_key(id)) {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let m = ws
-            .next_where_within(left, |v| v["type"] == "new_message")
-            .await
-            .expect("a missed message never came");
-        got.insert(
-            m["message"]["id"].as_str().unwrap().to_owned(),
-            m["message"].clone(),
-        );
-    }
-    got.into_values()
-        .filter(|m| wanted.contains(m["id"].as_str().unwrap()))
-        .collect()
 }
 
 /// The stored documents of a conversation, by message id.
@@ -104,7 +82,7 @@ async fn stored(cluster: &Cluster, conversation: &str) -> BTreeMap<String, usize
 
 #[tokio::test]
 async fn killing_a_chat_svc_mid_flow_loses_nothing_and_stores_nothing_twice() {
-    if !real() {
+    if !real_engines("this cluster test") {
         return;
     }
     let mut cluster = Cluster::start().await;
@@ -281,11 +259,10 @@ async fn edge_loss(graceful: bool) {
         .cloned()
         .collect();
     if !pending.is_empty() {
-        for m in receive_frames(&mut a, &pending).await {
-            got.insert(
-                m["id"].as_str().unwrap().to_owned(),
-                m["seq"].as_u64().unwrap(),
-            );
+        for (id, m) in receive_all(&mut a, &pending).await {
+            if pending.contains(&id) {
+                got.insert(id, m["seq"].as_u64().unwrap());
+            }
         }
     }
     assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), missed);
@@ -300,7 +277,7 @@ async fn edge_loss(graceful: bool) {
 
 #[tokio::test]
 async fn killing_an_edge_sends_its_clients_through_nginx_to_the_other_and_sync_fills_the_gap() {
-    if !real() {
+    if !real_engines("this cluster test") {
         return;
     }
     edge_loss(false).await;
@@ -308,7 +285,7 @@ async fn killing_an_edge_sends_its_clients_through_nginx_to_the_other_and_sync_f
 
 #[tokio::test]
 async fn stopping_an_edge_tells_clients_to_reconnect_and_loses_nothing() {
-    if !real() {
+    if !real_engines("this cluster test") {
         return;
     }
     edge_loss(true).await;
@@ -316,7 +293,7 @@ async fn stopping_an_edge_tells_clients_to_reconnect_and_loses_nothing() {
 
 #[tokio::test]
 async fn an_instance_that_stops_heartbeating_leaves_the_listing_and_is_no_longer_called() {
-    if !real() {
+    if !real_engines("this cluster test") {
         return;
     }
     let cluster = Cluster::start().await;

@@ -1,6 +1,7 @@
 //! grpcurl lists and calls every service through server reflection.
 
-use crate::harness::{Cluster, real};
+use crate::harness::Cluster;
+use crate::helpers::real_engines;
 use std::process::Command;
 
 fn grpcurl(args: &[&str]) -> String {
@@ -19,7 +20,7 @@ fn grpcurl(args: &[&str]) -> String {
 
 #[tokio::test]
 async fn grpcurl_lists_and_calls_every_instance_through_reflection() {
-    if !real() {
+    if !real_engines("this cluster test") {
         return;
     }
     let cluster = Cluster::start().await;

@@ -15,15 +15,6 @@ pub const SERVICE_TTL_SECS: u64 = 3;
 /// pass.
 pub const RECOVERY: Duration = Duration::from_secs(60);
 
-/// Whether the real engines are configured; says so when they are not.
-pub fn real() -> bool {
-    let real = std::env::var_os("PARLEY_TEST_REAL").is_some();
-    if !real {
-        eprintln!("skipped: cluster test needs the real engines (PARLEY_TEST_REAL unset)");
-    }
-    real
-}
-
 /// The roles, by the prefix of their `SERVICE_ID`.
 fn role_of(id: &str) -> &'static str {
     for role in ["edge", "auth", "chat", "presence"] {

@@ -54,6 +54,17 @@ pub fn backend_config(dir: &std::path::Path) -> BackendConfig {
     config
 }
 
+/// Whether the real engines are configured (`PARLEY_TEST_REAL`, set by
+/// scripts/test); a test that needs them and finds them unset says it is
+/// skipped.
+pub fn real_engines(what: &str) -> bool {
+    let real = std::env::var_os("PARLEY_TEST_REAL").is_some();
+    if !real {
+        eprintln!("skipped: {what} needs the real engines (PARLEY_TEST_REAL unset)");
+    }
+    real
+}
+
 pub fn test_config(dir: &std::path::Path) -> AppConfig {
     AppConfig {
         backends: backend_config(dir),
@@ -114,6 +125,16 @@ impl TestApp {
             http: reqwest::Client::new(),
             _dir: None,
         }
+    }
+
+    /// The `messages` collection of the Mongo database this node stores
+    /// into (real engines only), to count what landed.
+    pub async fn stored_messages(&self) -> mongodb::Collection<mongodb::bson::Document> {
+        mongodb::Client::with_uri_str(self.backends.mongodb_url.as_deref().unwrap())
+            .await
+            .unwrap()
+            .database(self.backends.mongodb_database.as_deref().unwrap())
+            .collection("messages")
     }
 
     pub fn url(&self, path: &str) -> String {

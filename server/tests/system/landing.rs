@@ -10,17 +10,9 @@ use mongodb::bson::doc;
 use prost::Message;
 use serde_json::json;
 
-fn real() -> bool {
-    let real = std::env::var_os("PARLEY_TEST_REAL").is_some();
-    if !real {
-        eprintln!("skipped: real-engine check (PARLEY_TEST_REAL unset)");
-    }
-    real
-}
-
 #[tokio::test]
 async fn kcat_reads_chat_messages_keyed_by_conversation() {
-    if !real() {
+    if !real_engines("this landing check") {
         return;
     }
     let app = spawn_app().await;
@@ -64,7 +56,7 @@ async fn kcat_reads_chat_messages_keyed_by_conversation() {
 
 #[tokio::test]
 async fn redis_holds_instances_and_sessions_with_ttls() {
-    if !real() {
+    if !real_engines("this landing check") {
         return;
     }
     let app = spawn_app().await;
@@ -100,7 +92,7 @@ async fn redis_holds_instances_and_sessions_with_ttls() {
 
 #[tokio::test]
 async fn one_document_per_message_after_a_resend_and_a_replay() {
-    if !real() {
+    if !real_engines("this landing check") {
         return;
     }
     let app = spawn_app().await;
@@ -150,12 +142,7 @@ async fn one_document_per_message_after_a_resend_and_a_replay() {
     assert_eq!(again["message"]["id"], stored["id"]);
     assert_eq!(again["message"]["seq"], stored["seq"]);
 
-    let client = mongodb::Client::with_uri_str(app.backends.mongodb_url.as_deref().unwrap())
-        .await
-        .unwrap();
-    let messages = client
-        .database(app.backends.mongodb_database.as_deref().unwrap())
-        .collection::<mongodb::bson::Document>("messages");
+    let messages = app.stored_messages().await;
     let count = messages
         .count_documents(doc! {"from": &alice.id, "client_msg_id": "only-once"})
         .await
