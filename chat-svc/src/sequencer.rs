@@ -8,10 +8,11 @@
 //! Members a new message finds with no live session get a `PushNotification`
 //! on `push-notifications` (keyed by user), published before the commit, so
 //! a replay may notify twice (the notifier's webhook carries an idempotency
-//! key).
+//! key). Notifications are best effort: one that cannot be published is
+//! dropped and counted, and never holds back message delivery.
 
 use crate::chat::Chat;
-use parley::bus::{BusError, Record, Subscription, Topic, next_batch_until, subscribe_until};
+use parley::bus::{Record, Subscription, Topic, next_batch_until, subscribe_until};
 use parley::proto::{
     ChatEvent, ChatMessage, Conversation, PushNotification, ReceiptEvent, ReceiptKind, chat_event,
 };
@@ -98,15 +99,6 @@ fn steps(batch: &[Record]) -> Vec<Step> {
     steps
 }
 
-/// Why a batch must be processed again.
-#[derive(Debug, thiserror::Error)]
-enum BatchError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("cannot publish notifications: {0}")]
-    Bus(#[from] BusError),
-}
-
 /// The members to notify of `message`: everyone but the sender who has no
 /// live session.
 fn to_notify<'a>(
@@ -119,7 +111,7 @@ fn to_notify<'a>(
         .filter(move |m| **m != message.from && sessionless.contains(*m))
 }
 
-async fn process(chat: &Chat, batch: &[Record]) -> Result<(), BatchError> {
+async fn process(chat: &Chat, batch: &[Record]) -> Result<(), StoreError> {
     let store = chat.backends.store.as_ref();
     let mut members: HashMap<String, Conversation> = HashMap::new();
     let mut outgoing = Vec::new();
@@ -162,7 +154,7 @@ async fn process(chat: &Chat, batch: &[Record]) -> Result<(), BatchError> {
                 {
                     Ok(moved) => moved,
                     Err(e) if is_permanent(&e) => None,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(e),
                 };
                 let Some(up_to_seq) = moved else { continue };
                 if let Some(users) =
@@ -196,8 +188,18 @@ async fn process(chat: &Chat, batch: &[Record]) -> Result<(), BatchError> {
             )
         })
     });
-    let queued = futures::future::try_join_all(publishes).await?.len();
-    metrics::counter!("parley_chat_notifications_queued_total").increment(queued as u64);
+    // Best effort: a notification that cannot be queued is counted and
+    // dropped, never a reason to hold the batch (and every message behind
+    // it) back from its commit.
+    for result in futures::future::join_all(publishes).await {
+        match result {
+            Ok(()) => metrics::counter!("parley_chat_notifications_queued_total").increment(1),
+            Err(e) => {
+                tracing::warn!(error = %e, "notification not queued; dropped");
+                metrics::counter!("parley_chat_notifications_lost_total").increment(1);
+            }
+        }
+    }
     Ok(())
 }
 
