@@ -68,7 +68,47 @@ pub enum ClientFrame {
     SetStatus {
         status: String,
     },
+    CreateGroup {
+        name: String,
+        #[serde(default)]
+        members: Vec<String>,
+    },
+    AddMembers {
+        conversation_id: String,
+        members: Vec<String>,
+    },
+    RemoveMembers {
+        conversation_id: String,
+        members: Vec<String>,
+    },
+    Leave {
+        conversation_id: String,
+    },
+    RenameGroup {
+        conversation_id: String,
+        name: String,
+    },
+    EditMessage {
+        conversation_id: String,
+        message_id: String,
+        body: String,
+    },
+    DeleteMessage {
+        conversation_id: String,
+        message_id: String,
+    },
+    React {
+        conversation_id: String,
+        message_id: String,
+        emoji: String,
+        #[serde(default = "yes")]
+        on: bool,
+    },
     Ping {},
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,9 +181,12 @@ pub fn decode(text: &str) -> Result<Envelope, DecodeError> {
     }
 }
 
-/// The JSON form of a message, as in `new_message` and `history`.
+/// The JSON form of a log entry, as in `new_message` and `history`. A
+/// message carries its current state (`edited_at`, `deleted`, `reactions`
+/// as emoji → user ids) when it has one; a change carries its `kind`
+/// (`edit`, `delete`, `reaction`) and the `message_id` it applies to.
 pub fn message_json(m: &proto::ChatMessage) -> Value {
-    json!({
+    let mut value = json!({
         "id": m.id,
         "conversation_id": m.conversation_id,
         "seq": m.seq,
@@ -151,6 +194,71 @@ pub fn message_json(m: &proto::ChatMessage) -> Value {
         "body": m.body,
         "sent_at": m.sent_at_ms,
         "client_msg_id": m.client_msg_id,
+    });
+    let Some(obj) = value.as_object_mut() else {
+        return value;
+    };
+    match kind_of(m) {
+        proto::MessageKind::Message => {
+            if m.edited_at_ms != 0 {
+                obj.insert("edited_at".into(), json!(m.edited_at_ms));
+            }
+            if m.deleted {
+                obj.insert("deleted".into(), json!(true));
+            }
+            if !m.reactions.is_empty() {
+                obj.insert("reactions".into(), reactions_json(&m.reactions));
+            }
+        }
+        kind => {
+            obj.insert("kind".into(), json!(kind_name(kind)));
+            obj.insert("message_id".into(), json!(m.target_id));
+            if kind == proto::MessageKind::Reaction {
+                obj.insert("emoji".into(), json!(m.emoji));
+                obj.insert("on".into(), json!(m.on));
+            }
+        }
+    }
+    value
+}
+
+pub fn kind_of(m: &proto::ChatMessage) -> proto::MessageKind {
+    proto::MessageKind::try_from(m.kind).unwrap_or(proto::MessageKind::Message)
+}
+
+fn kind_name(kind: proto::MessageKind) -> &'static str {
+    match kind {
+        proto::MessageKind::Message => "message",
+        proto::MessageKind::Edit => "edit",
+        proto::MessageKind::Delete => "delete",
+        proto::MessageKind::Reaction => "reaction",
+    }
+}
+
+/// emoji → the users who reacted with it, in the order they did.
+fn reactions_json(reactions: &[proto::Reaction]) -> Value {
+    let mut by_emoji = serde_json::Map::new();
+    for r in reactions {
+        let users = by_emoji
+            .entry(r.emoji.clone())
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(list) = users {
+            list.push(json!(r.user_id));
+        }
+    }
+    Value::Object(by_emoji)
+}
+
+/// The JSON form of a conversation (without cursors), as in
+/// `conversation_updated` and the `create_group` ack.
+pub fn conversation_json(c: &proto::Conversation) -> Value {
+    json!({
+        "id": c.id,
+        "kind": c.kind,
+        "name": c.name,
+        "members": c.members,
+        "last_seq": c.last_seq,
+        "created_at": c.created_at_ms,
     })
 }
 
@@ -185,6 +293,85 @@ pub mod server {
 
     pub fn new_message(m: &proto::ChatMessage) -> String {
         encode(json!({"type": "new_message", "message": message_json(m)}))
+    }
+
+    /// The frame for one log entry: `new_message` for a message, and for
+    /// a change `message_edited`, `message_deleted` or `reaction`, each
+    /// with the change's own `seq` (so a client's sync cursor moves past
+    /// it) and `message_id`, the message it changed.
+    pub fn entry(m: &proto::ChatMessage) -> String {
+        let common = |kind: &str| {
+            json!({
+                "type": kind,
+                "conversation_id": m.conversation_id,
+                "message_id": m.target_id,
+                "seq": m.seq,
+                "by": m.from,
+                "at": m.sent_at_ms,
+                "id": m.id,
+            })
+        };
+        let mut value = match kind_of(m) {
+            proto::MessageKind::Message => return new_message(m),
+            proto::MessageKind::Edit => common("message_edited"),
+            proto::MessageKind::Delete => common("message_deleted"),
+            proto::MessageKind::Reaction => common("reaction"),
+        };
+        if let Some(obj) = value.as_object_mut() {
+            match kind_of(m) {
+                proto::MessageKind::Edit => {
+                    obj.insert("body".into(), json!(m.body));
+                }
+                proto::MessageKind::Reaction => {
+                    obj.insert("emoji".into(), json!(m.emoji));
+                    obj.insert("on".into(), json!(m.on));
+                }
+                _ => {}
+            }
+        }
+        encode(value)
+    }
+
+    /// A group was created or changed: the group as it is now, who
+    /// changed it and how, and the members the change removed.
+    pub fn conversation_updated(
+        c: &proto::Conversation,
+        removed: &[String],
+        by: &str,
+        change: &str,
+    ) -> String {
+        encode(json!({
+            "type": "conversation_updated",
+            "conversation": conversation_json(c),
+            "change": change,
+            "by": by,
+            "removed": removed,
+        }))
+    }
+
+    /// How far a group's members have got, aggregated: for each distinct
+    /// cursor position (newest first), how many members are at or past
+    /// it. "Delivered to N of M" for a message at seq s is the count of
+    /// the lowest position at or above s, without the sender.
+    pub fn receipt_counts(
+        conversation_id: &str,
+        members: usize,
+        delivered: &[(u64, usize)],
+        read: &[(u64, usize)],
+    ) -> String {
+        let list = |counts: &[(u64, usize)]| -> Vec<Value> {
+            counts
+                .iter()
+                .map(|(seq, n)| json!({"up_to_seq": seq, "count": n}))
+                .collect()
+        };
+        encode(json!({
+            "type": "receipt_counts",
+            "conversation_id": conversation_id,
+            "members": members,
+            "delivered": list(delivered),
+            "read": list(read),
+        }))
     }
 
     /// `message_delivered` or `message_read`.

@@ -81,7 +81,10 @@ mod embedded_store_checks {
         appends_are_sequenced_and_idempotent,
         history_pages_by_seq,
         cursors_move_forward_only,
-        search_finds_messages_in_given_conversations
+        search_finds_messages_in_given_conversations,
+        groups_change_atomically,
+        concurrent_group_changes_keep_the_limit,
+        message_changes_apply_in_place
     );
 
     #[tokio::test]
@@ -191,7 +194,9 @@ mod mongo_store_checks {
         appends_are_sequenced_and_idempotent,
         history_pages_by_seq,
         cursors_move_forward_only,
-        search_finds_messages_in_given_conversations
+        search_finds_messages_in_given_conversations,
+        groups_change_atomically,
+        message_changes_apply_in_place
     );
 
     #[tokio::test]

@@ -7,9 +7,9 @@ use parley::backends::Backends;
 use parley::bus::Topic;
 use parley::ids::{ConversationId, MessageId, UserId, parse_client_msg_id};
 use parley::proto::{
-    ChatEvent, ChatMessage, ConversationSummary, ReceiptEvent, ReceiptKind, chat_event,
+    ChatEvent, ChatMessage, ConversationSummary, MessageKind, ReceiptEvent, ReceiptKind, chat_event,
 };
-use parley::protocol::{MAX_BODY_CHARS, server};
+use parley::protocol::{MAX_BODY_CHARS, kind_of, server};
 use parley::push::{Outgoing, Pusher};
 use parley::time::now_ms;
 use prost::Message;
@@ -28,6 +28,10 @@ const PENDING_TTL: Duration = Duration::from_secs(30);
 const DEFAULT_SEARCH_LIMIT: usize = 50;
 const MAX_SEARCH_LIMIT: usize = 100;
 const MAX_SEARCH_CHARS: usize = 200;
+/// Entries after a read cursor looked at to count unread messages.
+pub const UNREAD_SCAN: usize = 200;
+/// Entries looked back through for a conversation's last message.
+const LAST_MESSAGE_SCAN: usize = 20;
 pub const DEFAULT_PAGE: usize = 50;
 pub const MAX_PAGE: usize = 200;
 pub const DEFAULT_SYNC_PAGE: usize = 200;
@@ -56,6 +60,7 @@ pub struct Chat {
     pub(crate) pusher: Pusher,
     send_limit: SendLimit,
     webhook: Option<crate::notifier::Webhook>,
+    pub(crate) max_group_members: usize,
 }
 
 /// What `send_message` answers.
@@ -79,7 +84,7 @@ pub struct Missed {
     pub truncated: Vec<String>,
 }
 
-fn validate_body(body: &str) -> Result<(), ApiError> {
+pub(crate) fn validate_body(body: &str) -> Result<(), ApiError> {
     if body.trim().is_empty() {
         return Err(ApiError::invalid("body must not be empty"));
     }
@@ -116,6 +121,7 @@ fn decode_claim(raw: &str, from: &str, client_msg_id: &str, body: &str) -> Optio
         body: body.to_owned(),
         sent_at_ms,
         client_msg_id: client_msg_id.to_owned(),
+        ..Default::default()
     })
 }
 
@@ -126,7 +132,32 @@ impl Chat {
             pusher,
             send_limit,
             webhook: None,
+            max_group_members: crate::groups::DEFAULT_MAX_MEMBERS,
         }
+    }
+
+    /// Groups hold at most this many members (the creator included).
+    pub fn with_group_limit(mut self, max_members: usize) -> Self {
+        self.max_group_members = max_members.max(2);
+        self
+    }
+
+    /// Counts one send (a message or a change to one) against the user's
+    /// limit, which holds across every session and edge.
+    pub(crate) async fn count_send(&self, user: &UserId) -> Result<(), ApiError> {
+        let sent = self
+            .backends
+            .registry
+            .hit(&format!("send:{user}"), self.send_limit.window)
+            .await?;
+        if sent > self.send_limit.count {
+            metrics::counter!("parley_chat_sends_rate_limited_total").increment(1);
+            return Err(ApiError::new(
+                parley::ErrorCode::RateLimited,
+                "too many messages, slow down",
+            ));
+        }
+        Ok(())
     }
 
     /// Runs the notifier with this webhook alongside the sequencer.
@@ -165,18 +196,7 @@ impl Chat {
                 duplicate: true,
             });
         }
-        let sent = self
-            .backends
-            .registry
-            .hit(&format!("send:{user}"), self.send_limit.window)
-            .await?;
-        if sent > self.send_limit.count {
-            metrics::counter!("parley_chat_sends_rate_limited_total").increment(1);
-            return Err(ApiError::new(
-                parley::ErrorCode::RateLimited,
-                "too many messages, slow down",
-            ));
-        }
+        self.count_send(user).await?;
         let conversation = resolve(store, user, target, true).await?;
         let message = ChatMessage {
             id: id.into_string(),
@@ -186,6 +206,7 @@ impl Chat {
             body: body.to_owned(),
             sent_at_ms: now_ms(),
             client_msg_id: client_msg_id.clone(),
+            ..Default::default()
         };
         let claim_key = format!("dedupe:{}:{}", user, client_msg_id);
         let registry = &self.backends.registry;
@@ -390,19 +411,42 @@ impl Chat {
         Ok(store.search_messages(&mine, query, limit).await?)
     }
 
+    /// The user's conversations, most recent first, each with its last
+    /// message and the number of unread messages: messages from others
+    /// after the user's read cursor, deleted ones not counted. Changes (edits, reactions) are not
+    /// unread messages; entries past the first [`UNREAD_SCAN`] after the
+    /// cursor are counted without being looked at.
     pub async fn conversations(&self, user: &UserId) -> Result<Vec<ConversationSummary>, ApiError> {
         let store = self.backends.store.as_ref();
         let mut out = Vec::new();
         for c in store.conversations_of(user.as_str()).await? {
-            let last_message = store.messages_before(&c.id, 0, 1).await?.pop();
+            let last_message = store
+                .messages_before(&c.id, 0, LAST_MESSAGE_SCAN)
+                .await?
+                .into_iter()
+                .rev()
+                .find(|m| kind_of(m) == MessageKind::Message);
             let read = c
                 .cursors
                 .iter()
                 .find(|cur| cur.user_id == user.as_str())
                 .map(|cur| cur.read_seq)
                 .unwrap_or(0);
+            let pending = c.last_seq.saturating_sub(read);
+            let unread = if pending == 0 {
+                0
+            } else {
+                let seen = store.messages_after(&c.id, read, UNREAD_SCAN).await?;
+                let counted = seen
+                    .iter()
+                    .filter(|m| {
+                        kind_of(m) == MessageKind::Message && !m.deleted && m.from != user.as_str()
+                    })
+                    .count() as u64;
+                counted + pending.saturating_sub(seen.len() as u64)
+            };
             out.push(ConversationSummary {
-                unread: c.last_seq.saturating_sub(read),
+                unread,
                 conversation: Some(c),
                 last_message,
             });

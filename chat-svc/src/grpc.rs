@@ -1,15 +1,20 @@
 //! The tonic adapter for `ChatService`: parse ids at the boundary, call
 //! [`Chat`], map [`parley::ApiError`] to `Status`.
 
+use crate::changes::MessageChange;
 use crate::chat::Chat;
 use crate::conversations::Target;
+use crate::groups::Change;
 use parley::ApiError;
 use parley::ids::{ConversationId, UserId};
+use parley::proto::change_group_request::Change as GroupChangeProto;
 use parley::proto::chat_service_server::{ChatService, ChatServiceServer};
 use parley::proto::{
+    ChangeGroupRequest, ChangeMessageReply, ChangeMessageRequest, CreateGroupRequest, GroupReply,
     HistoryReply, HistoryRequest, ListConversationsReply, ListConversationsRequest,
-    MarkReceiptReply, MarkReceiptRequest, ReceiptKind, SearchMessagesReply, SearchMessagesRequest,
-    SendMessageReply, SendMessageRequest, SyncReply, SyncRequest, TypingReply, TypingRequest,
+    MarkReceiptReply, MarkReceiptRequest, MessageKind, ReceiptKind, SearchMessagesReply,
+    SearchMessagesRequest, SendMessageReply, SendMessageRequest, SyncReply, SyncRequest,
+    TypingReply, TypingRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -116,5 +121,62 @@ impl ChatService for ChatGrpc {
         let user = caller(&r.user_id)?;
         let messages = self.chat.search(&user, &r.query, r.limit as usize).await?;
         Ok(Response::new(SearchMessagesReply { messages }))
+    }
+
+    async fn create_group(
+        &self,
+        req: Request<CreateGroupRequest>,
+    ) -> Result<Response<GroupReply>, Status> {
+        let r = req.into_inner();
+        let user = caller(&r.user_id)?;
+        let group = self.chat.create_group(&user, &r.name, &r.members).await?;
+        Ok(Response::new(GroupReply {
+            conversation: Some(group),
+        }))
+    }
+
+    async fn change_group(
+        &self,
+        req: Request<ChangeGroupRequest>,
+    ) -> Result<Response<GroupReply>, Status> {
+        let r = req.into_inner();
+        let user = caller(&r.user_id)?;
+        let conversation = ConversationId::parse(&r.conversation_id)?;
+        let change = match r.change {
+            Some(GroupChangeProto::AddMembers(list)) => Change::Add(list.members),
+            Some(GroupChangeProto::RemoveMembers(list)) => Change::Remove(list.members),
+            Some(GroupChangeProto::Leave(_)) => Change::Leave,
+            Some(GroupChangeProto::Rename(name)) => Change::Rename(name),
+            None => return Err(ApiError::invalid("no change given").into()),
+        };
+        let group = self.chat.change_group(&user, &conversation, change).await?;
+        Ok(Response::new(GroupReply {
+            conversation: Some(group),
+        }))
+    }
+
+    async fn change_message(
+        &self,
+        req: Request<ChangeMessageRequest>,
+    ) -> Result<Response<ChangeMessageReply>, Status> {
+        let r = req.into_inner();
+        let user = caller(&r.user_id)?;
+        let conversation = ConversationId::parse(&r.conversation_id)?;
+        let change = match MessageKind::try_from(r.kind) {
+            Ok(MessageKind::Edit) => MessageChange::Edit(r.body),
+            Ok(MessageKind::Delete) => MessageChange::Delete,
+            Ok(MessageKind::Reaction) => MessageChange::React {
+                emoji: r.emoji,
+                on: r.on,
+            },
+            _ => return Err(ApiError::invalid("kind must be EDIT, DELETE or REACTION").into()),
+        };
+        let change = self
+            .chat
+            .change_message(&user, &conversation, &r.message_id, change)
+            .await?;
+        Ok(Response::new(ChangeMessageReply {
+            change: Some(change),
+        }))
     }
 }

@@ -4,6 +4,8 @@
 //! - [`chat`]: the domain behind `ChatService`: send appends durably to the
 //!   bus and answers "sent"; receipts go the same way; typing is pushed
 //!   directly; history and sync read the store.
+//! - [`groups`]: creating groups and changing their members and names.
+//! - [`changes`]: edits, deletions and reactions, checked and queued.
 //! - [`sequencer`]: the `chat-messages` consumer. As the single owner of its
 //!   partitions it assigns each conversation's dense `seq`, persists
 //!   idempotently, fans out through the edges and only then commits.
@@ -11,8 +13,10 @@
 //!   a webhook (when one is configured).
 //! - [`grpc`]: the tonic adapter, and [`serve`] to run it with its consumers.
 
+pub mod changes;
 pub mod chat;
 pub mod conversations;
+pub mod groups;
 pub mod grpc;
 pub mod notifier;
 pub mod sequencer;
@@ -80,6 +84,16 @@ pub struct ChatArgs {
         value_parser = clap::value_parser!(u32).range(1..=100)
     )]
     pub notify_max_attempts: u32,
+    /// Most members a group may have, its creator included; adding beyond
+    /// it is refused with `too_large`.
+    #[arg(
+        long,
+        env = "PARLEY_GROUP_MAX_MEMBERS",
+        global = true,
+        default_value_t = groups::DEFAULT_MAX_MEMBERS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=100_000)
+    )]
+    pub group_max_members: usize,
 }
 
 impl ChatArgs {
@@ -110,7 +124,8 @@ pub async fn run_standalone(
     node.stop_on_signal();
     let parts = node;
     let chat = Chat::new(parts.backends.clone(), parts.pusher, args.send_limit())
-        .with_webhook(args.webhook());
+        .with_webhook(args.webhook())
+        .with_group_limit(args.group_max_members);
     let served = serve(parts.grpc, chat, parts.backends, parts.shutdown.clone()).await;
     parts.shutdown.cancel();
     let _ = parts.announcer.await;

@@ -61,6 +61,7 @@ impl Cli {
             ws_frames_per_sec: self.http.ws_frames_per_sec,
             send_limit: self.chat.send_limit(),
             notify: self.chat.webhook(),
+            group_max_members: self.chat.group_max_members,
         })
     }
 }

@@ -38,6 +38,8 @@ pub struct AppConfig {
     pub send_limit: parley_chat::chat::SendLimit,
     /// Where offline members' notifications are POSTed, if anywhere.
     pub notify: Option<parley_chat::notifier::Webhook>,
+    /// Most members a group may have.
+    pub group_max_members: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +113,8 @@ impl App {
             async move { log_exit("auth", parley_auth::serve(auth_l, accounts, b, s).await) }
         }));
         let chat = Chat::new(backends.clone(), pusher.clone(), config.send_limit)
-            .with_webhook(config.notify.clone());
+            .with_webhook(config.notify.clone())
+            .with_group_limit(config.group_max_members);
         tasks.push(tokio::spawn({
             let (b, s) = (backends.clone(), shutdown.clone());
             async move { log_exit("chat", parley_chat::serve(chat_l, chat, b, s).await) }

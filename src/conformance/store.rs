@@ -1,8 +1,8 @@
 //! What every [`Store`] must do.
 
 use super::unique;
-use crate::proto::{ChatMessage, ReceiptKind, User};
-use crate::store::{Store, StoreError, UserRecord};
+use crate::proto::{ChatMessage, Conversation, MessageKind, ReceiptKind, User};
+use crate::store::{GroupChange, Store, StoreError, UserRecord};
 use std::sync::Arc;
 
 /// An account named `name` with a unique id and a fake hash.
@@ -29,6 +29,7 @@ pub fn message(conversation: &str, from: &str, client_msg_id: &str) -> ChatMessa
         body: format!("body {client_msg_id}"),
         sent_at_ms: 7,
         client_msg_id: client_msg_id.to_owned(),
+        ..Default::default()
     }
 }
 
@@ -275,6 +276,225 @@ pub async fn search_finds_messages_in_given_conversations(store: Arc<dyn Store>)
     assert!(
         store
             .search_messages(&[], "lunch", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn group(id: &str, members: &[&String]) -> Conversation {
+    Conversation {
+        id: id.to_owned(),
+        kind: "group".into(),
+        name: "friends".into(),
+        members: members.iter().map(|m| (*m).clone()).collect(),
+        created_at_ms: 1,
+        ..Default::default()
+    }
+}
+
+/// Groups: members can change them, the limit holds, removed members lose
+/// the group from their list, and direct conversations are not groups.
+pub async fn groups_change_atomically(store: Arc<dyn Store>) {
+    let (a, b, c, d, outsider) = (
+        unique("a"),
+        unique("b"),
+        unique("c"),
+        unique("d"),
+        unique("x"),
+    );
+    let g = unique("g");
+    store.create_group(&group(&g, &[&a, &b])).await.unwrap();
+    let listed: Vec<String> = store
+        .conversations_of(&b)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(&g));
+
+    let added = store
+        .update_group(&g, &a, &GroupChange::Add(vec![c.clone(), b.clone()]), 3)
+        .await
+        .unwrap();
+    assert!(added.changed);
+    assert_eq!(
+        added.conversation.members,
+        [a.clone(), b.clone(), c.clone()]
+    );
+    let again = store
+        .update_group(&g, &b, &GroupChange::Add(vec![c.clone()]), 3)
+        .await
+        .unwrap();
+    assert!(!again.changed, "adding a member twice changes nothing");
+    assert!(matches!(
+        store
+            .update_group(&g, &a, &GroupChange::Add(vec![d.clone()]), 3)
+            .await,
+        Err(StoreError::GroupFull(3))
+    ));
+    assert!(matches!(
+        store
+            .update_group(&g, &outsider, &GroupChange::Rename("mine".into()), 3)
+            .await,
+        Err(StoreError::NoConversation(_))
+    ));
+
+    let removed = store
+        .update_group(&g, &a, &GroupChange::Remove(vec![b.clone(), d.clone()]), 3)
+        .await
+        .unwrap();
+    assert_eq!(removed.removed, std::slice::from_ref(&b));
+    assert!(store.conversations_of(&b).await.unwrap().is_empty());
+    assert!(matches!(
+        store
+            .update_group(&g, &b, &GroupChange::Add(vec![b.clone()]), 3)
+            .await,
+        Err(StoreError::NoConversation(_))
+    ));
+    let renamed = store
+        .update_group(&g, &c, &GroupChange::Rename("renamed".into()), 3)
+        .await
+        .unwrap();
+    let stored = store.conversation_head(&g).await.unwrap().unwrap();
+    assert_eq!(stored.name, "renamed");
+    assert_eq!(stored.members, renamed.conversation.members);
+
+    let direct = unique("c");
+    store.ensure_direct(&direct, &a, &b, 1).await.unwrap();
+    assert!(matches!(
+        store
+            .update_group(&direct, &a, &GroupChange::Add(vec![c.clone()]), 3)
+            .await,
+        Err(StoreError::NotAGroup(_))
+    ));
+}
+
+/// Concurrent additions cannot take a group past its limit nor lose one
+/// another. (Embedded only: on FerretDB 1.x a filtered update is not
+/// atomic, so chat-svc serializes group changes with a registry lock,
+/// tested through the whole system.)
+pub async fn concurrent_group_changes_keep_the_limit(store: Arc<dyn Store>) {
+    let owner = unique("o");
+    let g = unique("g");
+    store.create_group(&group(&g, &[&owner])).await.unwrap();
+    let candidates: Vec<String> = (0..8).map(|i| unique(&format!("u{i}"))).collect();
+    let results = futures::future::join_all(candidates.iter().map(|u| {
+        let store = store.clone();
+        let (g, owner, u) = (g.clone(), owner.clone(), u.clone());
+        async move {
+            store
+                .update_group(&g, &owner, &GroupChange::Add(vec![u]), 5)
+                .await
+        }
+    }))
+    .await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let full = results
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::GroupFull(5))))
+        .count();
+    assert_eq!((ok, full), (4, 4), "{results:?}");
+    let stored = store.conversation_head(&g).await.unwrap().unwrap();
+    assert_eq!(stored.members.len(), 5);
+}
+
+/// Edits, deletions and reactions are entries of the log (dense seq) that
+/// also change their target in place; a message is found by id only in its
+/// own conversation; search skips changes and deleted messages.
+pub async fn message_changes_apply_in_place(store: Arc<dyn Store>) {
+    let (a, b, c) = (unique("a"), unique("b"), unique("c"));
+    let conversation = unique("c");
+    store.ensure_direct(&conversation, &a, &b, 1).await.unwrap();
+    let mut original = message(&conversation, &a, "orig");
+    original.body = "helo wrld".into();
+    let stored = store.append_messages(&[original]).await.unwrap()[0]
+        .message
+        .clone();
+    assert_eq!(
+        store
+            .message_by_id(&conversation, &stored.id)
+            .await
+            .unwrap()
+            .map(|m| m.seq),
+        Some(1)
+    );
+    assert!(
+        store
+            .message_by_id(&unique("c"), &stored.id)
+            .await
+            .unwrap()
+            .is_none(),
+        "found through another conversation"
+    );
+    let change = |kind: MessageKind, cmid: &str, from: &str| ChatMessage {
+        kind: kind as i32,
+        target_id: stored.id.clone(),
+        target_seq: stored.seq,
+        sent_at_ms: 50,
+        ..message(&conversation, from, cmid)
+    };
+    let mut edit = change(MessageKind::Edit, "e1", &a);
+    edit.body = "hello world".into();
+    let mut like = change(MessageKind::Reaction, "r1", &b);
+    like.emoji = "👍".into();
+    like.on = true;
+    let mut unlike = like.clone();
+    unlike.client_msg_id = "r2".into();
+    unlike.id = unique("m");
+    unlike.on = false;
+    let mut heart = change(MessageKind::Reaction, "r3", &c);
+    heart.emoji = "❤️".into();
+    heart.on = true;
+    for entry in [&edit, &like, &heart] {
+        let appended = store
+            .append_messages(std::slice::from_ref(entry))
+            .await
+            .unwrap();
+        store.apply_change(&appended[0].message).await.unwrap();
+    }
+    // Applying a change twice (a replay) lands the same.
+    store.apply_change(&like).await.unwrap();
+    let now = store
+        .message_by_id(&conversation, &stored.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.body, "hello world");
+    assert_eq!(now.edited_at_ms, 50);
+    assert_eq!(now.reactions.len(), 2);
+    let log = store.messages_after(&conversation, 0, 10).await.unwrap();
+    let seqs: Vec<u64> = log.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert_eq!(log[1].kind, MessageKind::Edit as i32);
+    assert_eq!(log[1].target_id, stored.id);
+    let found = store
+        .search_messages(std::slice::from_ref(&conversation), "hello", 10)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "the edit entry is not a second hit");
+    assert_eq!(found[0].id, stored.id);
+
+    store.apply_change(&unlike).await.unwrap();
+    let delete = change(MessageKind::Delete, "d1", &a);
+    store
+        .append_messages(std::slice::from_ref(&delete))
+        .await
+        .unwrap();
+    store.apply_change(&delete).await.unwrap();
+    let tomb = store
+        .messages_before(&conversation, 2, 1)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert!(tomb.deleted);
+    assert_eq!((tomb.seq, tomb.body.as_str()), (1, ""));
+    assert!(tomb.reactions.is_empty());
+    assert!(
+        store
+            .search_messages(std::slice::from_ref(&conversation), "hello", 10)
             .await
             .unwrap()
             .is_empty()

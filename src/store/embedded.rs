@@ -4,8 +4,13 @@
 //!
 //! redb calls block, so each method runs on tokio's blocking pool.
 
-use super::{Appended, Store, StoreError, UserRecord};
-use crate::proto::{ChatMessage, Conversation, MemberCursor, ReceiptKind, StoredUser, User};
+use super::{
+    Appended, GroupChange, GroupChanged, Store, StoreError, UserRecord, apply_group_change,
+    apply_message_change,
+};
+use crate::proto::{
+    ChatMessage, Conversation, MemberCursor, MessageKind, ReceiptKind, StoredUser, User,
+};
 use async_trait::async_trait;
 use prost::Message;
 use redb::{Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
@@ -22,6 +27,8 @@ const USER_CONVERSATIONS: MultimapTableDefinition<&str, &str> =
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const MESSAGE_BY_CLIENT_ID: TableDefinition<(&str, &str), (&str, u64)> =
     TableDefinition::new("message_by_client_id");
+/// (conversation, message id) → seq.
+const MESSAGE_BY_ID: TableDefinition<(&str, &str), u64> = TableDefinition::new("message_by_id");
 /// (conversation, user) → (delivered seq, read seq).
 const CURSORS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("cursors");
 
@@ -58,6 +65,7 @@ impl EmbeddedStore {
             .map_err(unavailable)?;
         txn.open_table(MESSAGES).map_err(unavailable)?;
         txn.open_table(MESSAGE_BY_CLIENT_ID).map_err(unavailable)?;
+        txn.open_table(MESSAGE_BY_ID).map_err(unavailable)?;
         txn.open_table(CURSORS).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
         Ok(Self { db: Arc::new(db) })
@@ -308,6 +316,136 @@ impl Store for EmbeddedStore {
         Ok(contacts.into_iter().collect())
     }
 
+    async fn create_group(&self, group: &Conversation) -> Result<(), StoreError> {
+        let group = Conversation {
+            cursors: Vec::new(),
+            ..group.clone()
+        };
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            {
+                let mut conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+                conversations
+                    .insert(group.id.as_str(), group.encode_to_vec().as_slice())
+                    .map_err(unavailable)?;
+                let mut by_user = txn
+                    .open_multimap_table(USER_CONVERSATIONS)
+                    .map_err(unavailable)?;
+                for m in &group.members {
+                    by_user
+                        .insert(m.as_str(), group.id.as_str())
+                        .map_err(unavailable)?;
+                }
+            }
+            txn.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn update_group(
+        &self,
+        id: &str,
+        actor: &str,
+        change: &GroupChange,
+        max_members: usize,
+    ) -> Result<GroupChanged, StoreError> {
+        let (id, actor, change) = (id.to_owned(), actor.to_owned(), change.clone());
+        self.blocking(move |db| {
+            // One write transaction: changes to a group are serialized.
+            let txn = db.begin_write().map_err(unavailable)?;
+            let result = {
+                let mut conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+                let current: Conversation =
+                    match conversations.get(id.as_str()).map_err(unavailable)? {
+                        Some(raw) => decode(raw.value())?,
+                        None => return Err(StoreError::NoConversation(id)),
+                    };
+                match apply_group_change(&current, &actor, &change, max_members)? {
+                    None => GroupChanged {
+                        conversation: current,
+                        removed: Vec::new(),
+                        changed: false,
+                    },
+                    Some((next, removed)) => {
+                        conversations
+                            .insert(id.as_str(), next.encode_to_vec().as_slice())
+                            .map_err(unavailable)?;
+                        let mut by_user = txn
+                            .open_multimap_table(USER_CONVERSATIONS)
+                            .map_err(unavailable)?;
+                        for m in &next.members {
+                            by_user
+                                .insert(m.as_str(), id.as_str())
+                                .map_err(unavailable)?;
+                        }
+                        for m in &removed {
+                            by_user
+                                .remove(m.as_str(), id.as_str())
+                                .map_err(unavailable)?;
+                        }
+                        GroupChanged {
+                            conversation: next,
+                            removed,
+                            changed: true,
+                        }
+                    }
+                }
+            };
+            txn.commit().map_err(unavailable)?;
+            Ok(result)
+        })
+        .await
+    }
+
+    async fn message_by_id(
+        &self,
+        conversation: &str,
+        id: &str,
+    ) -> Result<Option<ChatMessage>, StoreError> {
+        let (conversation, id) = (conversation.to_owned(), id.to_owned());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let by_id = txn.open_table(MESSAGE_BY_ID).map_err(unavailable)?;
+            let Some(seq) = by_id
+                .get((conversation.as_str(), id.as_str()))
+                .map_err(unavailable)?
+                .map(|v| v.value())
+            else {
+                return Ok(None);
+            };
+            let stored = txn.open_table(MESSAGES).map_err(unavailable)?;
+            match stored
+                .get((conversation.as_str(), seq))
+                .map_err(unavailable)?
+            {
+                Some(raw) => Ok(Some(decode(raw.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn apply_change(&self, change: &ChatMessage) -> Result<(), StoreError> {
+        let change = change.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            {
+                let mut stored = txn.open_table(MESSAGES).map_err(unavailable)?;
+                let key = (change.conversation_id.as_str(), change.target_seq);
+                let mut target: ChatMessage = match stored.get(key).map_err(unavailable)? {
+                    Some(raw) => decode(raw.value())?,
+                    None => return Err(corrupt("a change targets a message that is not stored")),
+                };
+                apply_message_change(&mut target, &change);
+                stored
+                    .insert(key, target.encode_to_vec().as_slice())
+                    .map_err(unavailable)?;
+            }
+            txn.commit().map_err(unavailable)
+        })
+        .await
+    }
+
     async fn append_messages(&self, messages: &[ChatMessage]) -> Result<Vec<Appended>, StoreError> {
         let messages = messages.to_vec();
         self.blocking(move |db| {
@@ -317,6 +455,7 @@ impl Store for EmbeddedStore {
                 let mut conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
                 let mut stored = txn.open_table(MESSAGES).map_err(unavailable)?;
                 let mut by_client = txn.open_table(MESSAGE_BY_CLIENT_ID).map_err(unavailable)?;
+                let mut by_id = txn.open_table(MESSAGE_BY_ID).map_err(unavailable)?;
                 let mut touched: HashMap<String, Conversation> = HashMap::new();
                 for mut message in messages {
                     let existing = by_client
@@ -363,6 +502,12 @@ impl Store for EmbeddedStore {
                         .insert(
                             (message.from.as_str(), message.client_msg_id.as_str()),
                             (message.conversation_id.as_str(), message.seq),
+                        )
+                        .map_err(unavailable)?;
+                    by_id
+                        .insert(
+                            (message.conversation_id.as_str(), message.id.as_str()),
+                            message.seq,
                         )
                         .map_err(unavailable)?;
                     out.push(Appended {
@@ -482,7 +627,10 @@ impl Store for EmbeddedStore {
                 {
                     let (_, raw) = entry.map_err(unavailable)?;
                     let message: ChatMessage = decode(raw.value())?;
-                    if message.body.to_lowercase().contains(&query) {
+                    if message.kind == MessageKind::Message as i32
+                        && !message.deleted
+                        && message.body.to_lowercase().contains(&query)
+                    {
                         out.push(message);
                     }
                 }

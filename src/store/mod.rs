@@ -9,7 +9,7 @@
 pub mod embedded;
 pub mod mongo;
 
-use crate::proto::{ChatMessage, Conversation, ReceiptKind, User};
+use crate::proto::{ChatMessage, Conversation, MessageKind, Reaction, ReceiptKind, User};
 use async_trait::async_trait;
 
 /// An account with what only auth-svc may see.
@@ -39,6 +39,12 @@ pub enum StoreError {
     Conflict(&'static str),
     #[error("no such conversation {0}")]
     NoConversation(String),
+    /// A group change aimed at a direct conversation.
+    #[error("conversation {0} is not a group")]
+    NotAGroup(String),
+    /// Adding would take a group past its member limit.
+    #[error("a group has at most {0} members")]
+    GroupFull(usize),
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("stored data is corrupt: {0}")]
@@ -53,11 +59,124 @@ impl From<StoreError> for crate::ApiError {
                 crate::ApiError::new(ErrorCode::Conflict, format!("{field} already taken"))
             }
             StoreError::NoConversation(_) => crate::ApiError::conversation_not_found(),
+            StoreError::NotAGroup(_) => {
+                crate::ApiError::invalid("only a group's members can be changed")
+            }
+            StoreError::GroupFull(limit) => crate::ApiError::new(
+                ErrorCode::TooLarge,
+                format!("a group has at most {limit} members"),
+            ),
             StoreError::Unavailable(cause) => {
                 tracing::warn!(%cause, "store unavailable");
                 crate::ApiError::unavailable("storage unavailable, try again")
             }
             StoreError::Corrupt(_) => crate::ApiError::internal(&err),
+        }
+    }
+}
+
+/// A change to a group's members or name. Stores apply it atomically with
+/// [`apply_group_change`], against the group as it is when the write lands,
+/// so concurrent changes can neither lose each other nor pass the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupChange {
+    Add(Vec<String>),
+    Remove(Vec<String>),
+    Rename(String),
+}
+
+/// What [`Store::update_group`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupChanged {
+    /// The group after the change (without cursors).
+    pub conversation: Conversation,
+    /// Members the change took out: they are told once more, then no longer.
+    pub removed: Vec<String>,
+    /// False when the change changed nothing (adding members already in it).
+    pub changed: bool,
+}
+
+/// The group `c` after `actor` makes `change`, and who was removed; `None`
+/// when nothing would change. Only members may change a group: anyone else
+/// is told it does not exist.
+pub fn apply_group_change(
+    c: &Conversation,
+    actor: &str,
+    change: &GroupChange,
+    max_members: usize,
+) -> Result<Option<(Conversation, Vec<String>)>, StoreError> {
+    if !c.members.iter().any(|m| m == actor) {
+        return Err(StoreError::NoConversation(c.id.clone()));
+    }
+    if c.kind != "group" {
+        return Err(StoreError::NotAGroup(c.id.clone()));
+    }
+    let mut next = Conversation {
+        cursors: Vec::new(),
+        ..c.clone()
+    };
+    let mut removed = Vec::new();
+    match change {
+        GroupChange::Add(users) => {
+            for u in users {
+                if !next.members.contains(u) {
+                    next.members.push(u.clone());
+                }
+            }
+            if next.members.len() == c.members.len() {
+                return Ok(None);
+            }
+            if next.members.len() > max_members {
+                return Err(StoreError::GroupFull(max_members));
+            }
+        }
+        GroupChange::Remove(users) => {
+            next.members.retain(|m| {
+                let out = users.contains(m);
+                if out {
+                    removed.push(m.clone());
+                }
+                !out
+            });
+            if removed.is_empty() {
+                return Ok(None);
+            }
+        }
+        GroupChange::Rename(name) => {
+            if *name == c.name {
+                return Ok(None);
+            }
+            next.name = name.clone();
+        }
+    }
+    Ok(Some((next, removed)))
+}
+
+/// Applies a change entry (an edit, a deletion or a reaction) to the
+/// message it targets. Idempotent, so a replayed change lands the same.
+pub fn apply_message_change(target: &mut ChatMessage, change: &ChatMessage) {
+    match MessageKind::try_from(change.kind).unwrap_or(MessageKind::Message) {
+        MessageKind::Message => {}
+        MessageKind::Edit => {
+            target.body = change.body.clone();
+            target.edited_at_ms = change.sent_at_ms;
+        }
+        MessageKind::Delete => {
+            target.deleted = true;
+            target.body.clear();
+            target.reactions.clear();
+        }
+        MessageKind::Reaction => {
+            let mine = |r: &Reaction| r.user_id == change.from && r.emoji == change.emoji;
+            let present = target.reactions.iter().any(mine);
+            if change.on && !present {
+                target.reactions.push(Reaction {
+                    emoji: change.emoji.clone(),
+                    user_id: change.from.clone(),
+                });
+            } else if !change.on {
+                target.reactions.retain(|r| !mine(r));
+            }
         }
     }
 }
@@ -94,6 +213,16 @@ pub trait Store: Send + Sync + 'static {
         }))
     }
     async fn conversations_of(&self, user: &str) -> Result<Vec<Conversation>, StoreError>;
+    /// Stores a new group (its id is fresh, so nothing can race it).
+    async fn create_group(&self, group: &Conversation) -> Result<(), StoreError>;
+    /// Applies `change` by `actor` atomically (see [`apply_group_change`]).
+    async fn update_group(
+        &self,
+        id: &str,
+        actor: &str,
+        change: &GroupChange,
+        max_members: usize,
+    ) -> Result<GroupChanged, StoreError>;
     /// Users who share at least one conversation with `user`.
     async fn contacts(&self, user: &str) -> Result<Vec<String>, StoreError>;
 
@@ -105,6 +234,15 @@ pub trait Store: Send + Sync + 'static {
         sender: &str,
         client_msg_id: &str,
     ) -> Result<Option<ChatMessage>, StoreError>;
+    /// The entry with this id in `conversation`, in its current state.
+    async fn message_by_id(
+        &self,
+        conversation: &str,
+        id: &str,
+    ) -> Result<Option<ChatMessage>, StoreError>;
+    /// Applies a stored change entry to its target (`target_seq`) in place
+    /// with [`apply_message_change`]. Called only by the partition owner.
+    async fn apply_change(&self, change: &ChatMessage) -> Result<(), StoreError>;
     /// Up to `limit` messages with `seq > after_seq`, oldest first.
     async fn messages_after(
         &self,

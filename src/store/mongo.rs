@@ -11,7 +11,12 @@
 //!   history is a set of lookups of consecutive seqs (seq is dense). Unique
 //!   indexes on `id`, `(conversation_id, seq)` and `(from, client_msg_id)`.
 //! - `message_keys`: `_id` = `<from>|<client_msg_id>` → conversation and
-//!   seq: the dedupe lookup of a send and of a replayed bus record.
+//!   seq: the dedupe lookup of a send and of a replayed bus record; and
+//!   `_id` = `id:<message id>` → conversation and seq, the lookup of the
+//!   message an edit, deletion or reaction names (written after the
+//!   message, so a lost one falls back to a scan and is written back).
+//! - `conversations` carry a `version`, raised by every group change and
+//!   matched by it (compare-and-set), since there are no transactions.
 //! - `conversations`: members and `last_seq`; `memberships`: `_id` = user
 //!   → the conversation ids the user is in; `cursors`: `_id` =
 //!   `<conversation>|<user>` → delivered and read seqs.
@@ -26,8 +31,13 @@
 //! the conversation, and a missing login key falls back to a scan and is
 //! written back.
 
-use super::{Appended, Store, StoreError, UserRecord};
-use crate::proto::{ChatMessage, Conversation, MemberCursor, ReceiptKind, User};
+use super::{
+    Appended, GroupChange, GroupChanged, Store, StoreError, UserRecord, apply_group_change,
+    apply_message_change,
+};
+use crate::proto::{
+    ChatMessage, Conversation, MemberCursor, MessageKind, Reaction, ReceiptKind, User,
+};
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt, stream};
 use mongodb::bson::{Bson, Document, doc};
@@ -107,6 +117,24 @@ fn client_key(from: &str, client_msg_id: &str) -> String {
     format!("{from}|{client_msg_id}")
 }
 
+fn id_key(message_id: &str) -> String {
+    format!("id:{message_id}")
+}
+
+/// True when a bulk insert failed only because some documents were already
+/// there (keys written by an earlier, interrupted attempt).
+fn only_duplicates(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, InsertManyError};
+    match e.kind.as_ref() {
+        ErrorKind::InsertMany(InsertManyError {
+            write_errors: Some(errors),
+            write_concern_error: None,
+            ..
+        }) => errors.iter().all(|w| w.code == 11000),
+        _ => is_duplicate(e),
+    }
+}
+
 fn email_key(email: &str) -> String {
     format!("email:{email}")
 }
@@ -128,8 +156,10 @@ fn user_record_from(d: &Document) -> Result<UserRecord, StoreError> {
     })
 }
 
+/// A message document; the fields of changes and of a message's later
+/// state are written only when set, so a plain message stays small.
 fn message_doc(m: &ChatMessage) -> Document {
-    doc! {
+    let mut d = doc! {
         "_id": message_key(&m.conversation_id, m.seq),
         "id": &m.id,
         "conversation_id": &m.conversation_id,
@@ -138,10 +168,45 @@ fn message_doc(m: &ChatMessage) -> Document {
         "body": &m.body,
         "sent_at": m.sent_at_ms,
         "client_msg_id": &m.client_msg_id,
+    };
+    if m.kind != MessageKind::Message as i32 {
+        d.insert("kind", m.kind);
+        d.insert("target_id", &m.target_id);
+        d.insert("target_seq", seq_bson(m.target_seq));
+        d.insert("emoji", &m.emoji);
+        d.insert("on", m.on);
     }
+    if m.edited_at_ms != 0 {
+        d.insert("edited_at", m.edited_at_ms);
+    }
+    if m.deleted {
+        d.insert("deleted", true);
+    }
+    if !m.reactions.is_empty() {
+        let reactions: Vec<Document> = m
+            .reactions
+            .iter()
+            .map(|r| doc! {"emoji": &r.emoji, "user_id": &r.user_id})
+            .collect();
+        d.insert("reactions", reactions);
+    }
+    d
 }
 
 fn message_from(d: &Document) -> Result<ChatMessage, StoreError> {
+    let reactions = match d.get_array("reactions") {
+        Ok(list) => list
+            .iter()
+            .filter_map(|r| r.as_document())
+            .map(|r| {
+                Ok(Reaction {
+                    emoji: get_str(r, "emoji")?,
+                    user_id: get_str(r, "user_id")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?,
+        Err(_) => Vec::new(),
+    };
     Ok(ChatMessage {
         id: get_str(d, "id")?,
         conversation_id: get_str(d, "conversation_id")?,
@@ -150,6 +215,14 @@ fn message_from(d: &Document) -> Result<ChatMessage, StoreError> {
         body: get_str(d, "body")?,
         sent_at_ms: get_i64(d, "sent_at"),
         client_msg_id: get_str(d, "client_msg_id")?,
+        kind: i32::try_from(get_i64(d, "kind")).unwrap_or(0),
+        target_id: d.get_str("target_id").unwrap_or_default().to_owned(),
+        target_seq: get_u64(d, "target_seq"),
+        emoji: d.get_str("emoji").unwrap_or_default().to_owned(),
+        on: d.get_bool("on").unwrap_or(false),
+        edited_at_ms: get_i64(d, "edited_at"),
+        deleted: d.get_bool("deleted").unwrap_or(false),
+        reactions,
     })
 }
 
@@ -579,6 +652,168 @@ impl Store for MongoStore {
         Ok(contacts.into_iter().collect())
     }
 
+    async fn create_group(&self, group: &Conversation) -> Result<(), StoreError> {
+        // Memberships first, as for a direct conversation.
+        let id = group.id.clone();
+        stream::iter(group.members.clone())
+            .map(|member| {
+                let id = id.clone();
+                async move {
+                    self.coll("memberships")
+                        .update_one(
+                            doc! {"_id": member},
+                            doc! {"$addToSet": {"conversations": id}},
+                        )
+                        .upsert(true)
+                        .await
+                        .map(|_| ())
+                        .map_err(unavailable)
+                }
+            })
+            .buffer_unordered(LOOKUPS_IN_FLIGHT)
+            .try_collect::<()>()
+            .await?;
+        self.coll("conversations")
+            .insert_one(doc! {
+                "_id": &group.id,
+                "kind": "group",
+                "name": &group.name,
+                "members": &group.members,
+                "last_seq": 0_i64,
+                "created_at": group.created_at_ms,
+                "version": 0_i64,
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn update_group(
+        &self,
+        id: &str,
+        actor: &str,
+        change: &GroupChange,
+        max_members: usize,
+    ) -> Result<GroupChanged, StoreError> {
+        // Compare-and-set on `version`: a concurrent change makes the write
+        // match nothing, and it is recomputed on the newer group.
+        for _ in 0..32 {
+            let Some(d) = self.by_id("conversations", id).await? else {
+                return Err(StoreError::NoConversation(id.to_owned()));
+            };
+            let current = conversation_from(&d)?;
+            let Some((next, removed)) = apply_group_change(&current, actor, change, max_members)?
+            else {
+                return Ok(GroupChanged {
+                    conversation: current,
+                    removed: Vec::new(),
+                    changed: false,
+                });
+            };
+            let version = get_i64(&d, "version");
+            // Added members' memberships before the group names them (a
+            // membership the group does not confirm is ignored).
+            let added: Vec<&String> = next
+                .members
+                .iter()
+                .filter(|m| !current.members.contains(m))
+                .collect();
+            for member in added {
+                self.coll("memberships")
+                    .update_one(
+                        doc! {"_id": member},
+                        doc! {"$addToSet": {"conversations": id}},
+                    )
+                    .upsert(true)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            let written = self
+                .coll("conversations")
+                .update_one(
+                    doc! {"_id": id, "version": version},
+                    doc! {"$set": {
+                        "members": &next.members,
+                        "name": &next.name,
+                        "version": version + 1,
+                    }},
+                )
+                .await
+                .map_err(unavailable)?;
+            if written.matched_count == 0 {
+                continue;
+            }
+            for member in &removed {
+                self.coll("memberships")
+                    .update_one(doc! {"_id": member}, doc! {"$pull": {"conversations": id}})
+                    .await
+                    .map_err(unavailable)?;
+            }
+            return Ok(GroupChanged {
+                conversation: next,
+                removed,
+                changed: true,
+            });
+        }
+        Err(StoreError::Unavailable(format!(
+            "group {id} is changing too often; try again"
+        )))
+    }
+
+    async fn message_by_id(
+        &self,
+        conversation: &str,
+        id: &str,
+    ) -> Result<Option<ChatMessage>, StoreError> {
+        if let Some(k) = self.by_id("message_keys", &id_key(id)).await? {
+            if get_str(&k, "conversation_id")? != conversation {
+                return Ok(None);
+            }
+            let key = message_key(conversation, get_u64(&k, "seq"));
+            if let Some(d) = self.by_id("messages", &key).await?
+                && d.get_str("id") == Ok(id)
+            {
+                return message_from(&d).map(Some);
+            }
+        }
+        // No key: a message stored before keys by id existed, or one whose
+        // key write was interrupted. A scan, then the key is written back.
+        let Some(d) = self
+            .coll("messages")
+            .find_one(doc! {"id": id, "conversation_id": conversation})
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let message = message_from(&d)?;
+        self.coll("message_keys")
+            .update_one(
+                doc! {"_id": id_key(id)},
+                doc! {"$set": {"conversation_id": conversation, "seq": seq_bson(message.seq)}},
+            )
+            .upsert(true)
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(message))
+    }
+
+    async fn apply_change(&self, change: &ChatMessage) -> Result<(), StoreError> {
+        // Read, apply, replace: the partition owner is the only writer of
+        // its conversations' messages.
+        let key = message_key(&change.conversation_id, change.target_seq);
+        let Some(d) = self.by_id("messages", &key).await? else {
+            return Err(corrupt("a change targets a message that is not stored"));
+        };
+        let mut target = message_from(&d)?;
+        apply_message_change(&mut target, change);
+        self.coll("messages")
+            .replace_one(doc! {"_id": &key}, message_doc(&target))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn append_messages(&self, messages: &[ChatMessage]) -> Result<Vec<Appended>, StoreError> {
         let keys: Vec<String> = messages
             .iter()
@@ -677,12 +912,34 @@ impl Store for MongoStore {
                 .await
                 .map_err(concurrent)?;
         }
+        let id_keys: Vec<Document> = to_write
+            .iter()
+            .map(|m| {
+                doc! {
+                    "_id": id_key(m.get_str("id").unwrap_or_default()),
+                    "conversation_id": m.get("conversation_id").cloned().unwrap_or(Bson::Null),
+                    "seq": m.get("seq").cloned().unwrap_or(Bson::Null),
+                }
+            })
+            .collect();
         if !to_write.is_empty() {
             self.coll("messages")
                 .insert_many(to_write)
                 .ordered(true)
                 .await
                 .map_err(concurrent)?;
+            // After the messages: a key never points at a message that is
+            // not there, and a key an interrupted attempt wrote is kept.
+            match self
+                .coll("message_keys")
+                .insert_many(id_keys)
+                .ordered(false)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if only_duplicates(&e) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
         }
         let mut highest: HashMap<&str, u64> = HashMap::new();
         for a in &out {
@@ -764,6 +1021,8 @@ impl Store for MongoStore {
         let filter = doc! {
             "conversation_id": {"$in": conversations},
             "body": {"$regex": regex_escape(query), "$options": "i"},
+            "kind": {"$exists": false},
+            "deleted": {"$exists": false},
         };
         self.find_sorted("messages", filter, doc! {"sent_at": -1, "seq": -1}, limit)
             .await?

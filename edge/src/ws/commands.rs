@@ -7,11 +7,13 @@ use governor::clock::DefaultClock;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use parley::ids::ConversationId;
+use parley::proto::change_group_request::Change as GroupChange;
 use parley::proto::{
-    HistoryRequest, MarkReceiptRequest, ReceiptKind, SendMessageRequest, SetStatusRequest,
+    ChangeGroupRequest, ChangeMessageRequest, CreateGroupRequest, HistoryRequest,
+    MarkReceiptRequest, MemberList, MessageKind, ReceiptKind, SendMessageRequest, SetStatusRequest,
     SyncRequest, TypingRequest, User,
 };
-use parley::protocol::{ClientFrame, decode, message_json, server};
+use parley::protocol::{ClientFrame, conversation_json, decode, message_json, server};
 use parley::{ApiError, ErrorCode};
 use serde_json::json;
 use std::num::NonZeroU32;
@@ -156,8 +158,9 @@ impl Connection {
                     })
                     .await?
                     .into_inner();
-                let mut frames: Vec<String> =
-                    reply.messages.iter().map(server::new_message).collect();
+                // Messages as `new_message` (as they are now), changes as
+                // `message_edited`/`message_deleted`/`reaction`, in seq order.
+                let mut frames: Vec<String> = reply.messages.iter().map(server::entry).collect();
                 frames.push(server::ack(
                     reference,
                     json!({"truncated": reply.truncated}),
@@ -199,8 +202,154 @@ impl Connection {
                     .await?;
                 Ok(ack_if_asked(reference))
             }
+            ClientFrame::CreateGroup { name, members } => {
+                let reply = self
+                    .state
+                    .chat()
+                    .await?
+                    .create_group(CreateGroupRequest {
+                        user_id: me,
+                        name,
+                        members,
+                    })
+                    .await?
+                    .into_inner();
+                let group = reply
+                    .conversation
+                    .ok_or_else(|| ApiError::new(ErrorCode::Internal, "empty reply"))?;
+                Ok(vec![server::ack(
+                    reference,
+                    json!({"conversation": conversation_json(&group)}),
+                )])
+            }
+            ClientFrame::AddMembers {
+                conversation_id,
+                members,
+            } => {
+                self.change_group(
+                    conversation_id,
+                    GroupChange::AddMembers(MemberList { members }),
+                )
+                .await?;
+                Ok(vec![server::ack(reference, json!({}))])
+            }
+            ClientFrame::RemoveMembers {
+                conversation_id,
+                members,
+            } => {
+                self.change_group(
+                    conversation_id,
+                    GroupChange::RemoveMembers(MemberList { members }),
+                )
+                .await?;
+                Ok(vec![server::ack(reference, json!({}))])
+            }
+            ClientFrame::Leave { conversation_id } => {
+                self.change_group(conversation_id, GroupChange::Leave(true))
+                    .await?;
+                Ok(vec![server::ack(reference, json!({}))])
+            }
+            ClientFrame::RenameGroup {
+                conversation_id,
+                name,
+            } => {
+                self.change_group(conversation_id, GroupChange::Rename(name))
+                    .await?;
+                Ok(vec![server::ack(reference, json!({}))])
+            }
+            ClientFrame::EditMessage {
+                conversation_id,
+                message_id,
+                body,
+            } => {
+                let request = ChangeMessageRequest {
+                    kind: MessageKind::Edit as i32,
+                    body,
+                    ..self.message_change(conversation_id, message_id)?
+                };
+                self.change_message(request, reference).await
+            }
+            ClientFrame::DeleteMessage {
+                conversation_id,
+                message_id,
+            } => {
+                let request = ChangeMessageRequest {
+                    kind: MessageKind::Delete as i32,
+                    ..self.message_change(conversation_id, message_id)?
+                };
+                self.change_message(request, reference).await
+            }
+            ClientFrame::React {
+                conversation_id,
+                message_id,
+                emoji,
+                on,
+            } => {
+                let request = ChangeMessageRequest {
+                    kind: MessageKind::Reaction as i32,
+                    emoji,
+                    on,
+                    ..self.message_change(conversation_id, message_id)?
+                };
+                self.change_message(request, reference).await
+            }
             ClientFrame::Ping {} => Ok(vec![server::ack(reference, json!({}))]),
         }
+    }
+
+    async fn change_group(
+        &self,
+        conversation_id: String,
+        change: GroupChange,
+    ) -> Result<(), ApiError> {
+        let conversation_id = ConversationId::parse(&conversation_id)?.into_string();
+        self.state
+            .chat()
+            .await?
+            .change_group(ChangeGroupRequest {
+                user_id: self.user.id.clone(),
+                conversation_id,
+                change: Some(change),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A change request naming the caller, the conversation and the message.
+    fn message_change(
+        &self,
+        conversation_id: String,
+        message_id: String,
+    ) -> Result<ChangeMessageRequest, ApiError> {
+        Ok(ChangeMessageRequest {
+            user_id: self.user.id.clone(),
+            conversation_id: ConversationId::parse(&conversation_id)?.into_string(),
+            message_id,
+            ..Default::default()
+        })
+    }
+
+    /// Queues the change; the ack carries its id (its seq comes with the
+    /// `message_edited`/`message_deleted`/`reaction` every member gets).
+    async fn change_message(
+        &self,
+        request: ChangeMessageRequest,
+        reference: Option<&str>,
+    ) -> Result<Vec<String>, ApiError> {
+        let reply = self
+            .state
+            .chat()
+            .await?
+            .change_message(request)
+            .await?
+            .into_inner();
+        let change = reply
+            .change
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "empty reply"))?;
+        Ok(vec![server::ack(
+            reference,
+            json!({"change": {"id": change.id, "message_id": change.target_id}}),
+        )])
     }
 
     async fn mark(

@@ -380,6 +380,7 @@ async fn insert(count: usize, batch: usize) -> anyhow::Result<()> {
         body: "x".repeat(100),
         sent_at_ms: parley::time::now_ms(),
         client_msg_id: format!("{conversation}-{i}"),
+        ..Default::default()
     };
     for (label, size) in [("single", 1), ("batched", batch.max(1))] {
         let conversation = format!("{label}-conversation");

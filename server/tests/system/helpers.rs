@@ -81,6 +81,7 @@ pub fn test_config(dir: &std::path::Path) -> AppConfig {
         ws_frames_per_sec: parley_edge::state::DEFAULT_FRAMES_PER_SECOND,
         send_limit: parley_chat::chat::SendLimit::default(),
         notify: None,
+        group_max_members: parley_chat::groups::DEFAULT_MAX_MEMBERS,
     }
 }
 

@@ -119,6 +119,7 @@ async fn one_document_per_message_after_a_resend_and_a_replay() {
                 body: "once".into(),
                 sent_at_ms: stored["sent_at"].as_i64().unwrap(),
                 client_msg_id: "only-once".into(),
+                ..Default::default()
             },
         )),
     };

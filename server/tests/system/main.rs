@@ -12,6 +12,8 @@ mod landing;
 
 mod auth;
 mod bad_input;
+mod groups;
+mod lifecycle;
 mod messaging;
 mod notifications;
 mod operations;

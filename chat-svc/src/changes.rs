@@ -1,0 +1,160 @@
+//! Edits, deletions and reactions. Each is checked here (member, own
+//! message, a message that is not deleted), queued on `chat-messages` like
+//! a message, and applied by the sequencer, which checks again against the
+//! state it is the only writer of (a deletion may have overtaken an edit).
+//! A change is an entry of the conversation's log with its own seq, so
+//! `sync` replays it in order, and it also changes its message in place, so
+//! `history` shows each message as it now is.
+
+use crate::chat::Chat;
+use crate::conversations::member_of;
+use bytes::Bytes;
+use parley::bus::Topic;
+use parley::ids::{ConversationId, MessageId, UserId};
+use parley::proto::{ChatEvent, ChatMessage, MessageKind, chat_event};
+use parley::time::now_ms;
+use parley::{ApiError, ErrorCode};
+use prost::Message;
+
+/// Longest reaction, in characters (an emoji with skin tone or a ZWJ
+/// family is several) and in bytes.
+pub const MAX_EMOJI_CHARS: usize = 8;
+pub const MAX_EMOJI_BYTES: usize = 32;
+
+/// What a client asked to do to a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageChange {
+    Edit(String),
+    Delete,
+    React { emoji: String, on: bool },
+}
+
+pub fn valid_emoji(emoji: &str) -> Result<(), ApiError> {
+    let chars = emoji.chars().count();
+    if chars == 0
+        || chars > MAX_EMOJI_CHARS
+        || emoji.len() > MAX_EMOJI_BYTES
+        || emoji.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ApiError::invalid(format!(
+            "emoji must be a short string: 1-{MAX_EMOJI_CHARS} characters, no spaces"
+        )));
+    }
+    Ok(())
+}
+
+/// Why `change` by `user` may not apply to `target`, if it may not. Shared
+/// by the check before queueing and the sequencer's check before applying.
+pub fn refusal(target: &ChatMessage, user: &str, kind: MessageKind) -> Option<ApiError> {
+    if target.kind != MessageKind::Message as i32 {
+        return Some(ApiError::invalid("only a message can be changed"));
+    }
+    if target.deleted {
+        return Some(ApiError::invalid("the message was deleted"));
+    }
+    if kind != MessageKind::Reaction && target.from != user {
+        return Some(ApiError::new(
+            ErrorCode::Forbidden,
+            "only its sender can edit or delete a message",
+        ));
+    }
+    None
+}
+
+impl Chat {
+    /// Checks and queues a change; answers it before it is sequenced.
+    pub async fn change_message(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        message_id: &str,
+        change: MessageChange,
+    ) -> Result<ChatMessage, ApiError> {
+        let message_id = MessageId::parse(message_id)?;
+        match &change {
+            MessageChange::Edit(body) => crate::chat::validate_body(body)?,
+            MessageChange::React { emoji, .. } => valid_emoji(emoji)?,
+            MessageChange::Delete => {}
+        }
+        let store = self.backends.store.as_ref();
+        let c = member_of(store, user, conversation).await?;
+        let target = store
+            .message_by_id(&c.id, message_id.as_str())
+            .await?
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such message"))?;
+        let (kind, body, emoji, on) = match change {
+            MessageChange::Edit(body) => (MessageKind::Edit, body, String::new(), false),
+            MessageChange::Delete => (MessageKind::Delete, String::new(), String::new(), false),
+            MessageChange::React { emoji, on } => (MessageKind::Reaction, String::new(), emoji, on),
+        };
+        if let Some(refused) = refusal(&target, user.as_str(), kind) {
+            return Err(refused);
+        }
+        self.count_send(user).await?;
+        let id = MessageId::generate().into_string();
+        let entry = ChatMessage {
+            client_msg_id: id.clone(),
+            id,
+            conversation_id: c.id.clone(),
+            from: user.as_str().to_owned(),
+            body,
+            sent_at_ms: now_ms(),
+            kind: kind as i32,
+            target_id: target.id,
+            target_seq: target.seq,
+            emoji,
+            on,
+            ..Default::default()
+        };
+        let event = ChatEvent {
+            event: Some(chat_event::Event::MessageSent(entry.clone())),
+        };
+        self.backends
+            .bus
+            .publish(
+                Topic::ChatMessages,
+                &c.id,
+                Bytes::from(event.encode_to_vec()),
+            )
+            .await?;
+        metrics::counter!("parley_chat_message_changes_total").increment(1);
+        Ok(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emoji_are_short_strings() {
+        for ok in ["👍", "❤️", "👨‍👩‍👧", "🇫🇷", "+1"] {
+            assert!(valid_emoji(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", " ", "👍 👍", "a\nb", "thumbs_up_long", &"👍".repeat(9)] {
+            assert!(valid_emoji(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_the_sender_edits_and_nobody_changes_a_tombstone() {
+        let message = ChatMessage {
+            from: "alice".into(),
+            ..Default::default()
+        };
+        assert!(refusal(&message, "alice", MessageKind::Edit).is_none());
+        assert!(refusal(&message, "bob", MessageKind::Reaction).is_none());
+        let refused = refusal(&message, "bob", MessageKind::Delete).unwrap();
+        assert_eq!(refused.code, ErrorCode::Forbidden);
+        let tomb = ChatMessage {
+            deleted: true,
+            ..message.clone()
+        };
+        assert!(refusal(&tomb, "alice", MessageKind::Reaction).is_some());
+        let edit = ChatMessage {
+            kind: MessageKind::Edit as i32,
+            ..message
+        };
+        assert!(refusal(&edit, "alice", MessageKind::Edit).is_some());
+    }
+}
