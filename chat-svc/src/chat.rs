@@ -273,23 +273,28 @@ impl Chat {
         if kind == ReceiptKind::Unspecified {
             return Err(ApiError::invalid("receipt kind is required"));
         }
-        let c = member_of(self.backends.store.as_ref(), user, conversation).await?;
+        // The store clamps the cursor to the last seq when it moves it.
+        if !self
+            .backends
+            .store
+            .is_member(conversation.as_str(), user.as_str())
+            .await?
+        {
+            return Err(ApiError::conversation_not_found());
+        }
+        let c = conversation.as_str();
         let event = ChatEvent {
             event: Some(chat_event::Event::Receipt(ReceiptEvent {
-                conversation_id: c.id.clone(),
+                conversation_id: c.to_owned(),
                 user_id: user.as_str().to_owned(),
                 kind: kind as i32,
-                up_to_seq: up_to_seq.min(c.last_seq),
+                up_to_seq,
                 at_ms: now_ms(),
             })),
         };
         self.backends
             .bus
-            .publish(
-                Topic::ChatMessages,
-                &c.id,
-                Bytes::from(event.encode_to_vec()),
-            )
+            .publish(Topic::ChatMessages, c, Bytes::from(event.encode_to_vec()))
             .await?;
         Ok(())
     }

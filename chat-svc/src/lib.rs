@@ -6,6 +6,7 @@
 //!   directly; history and sync read the store.
 //! - [`groups`]: creating groups and changing their members and names.
 //! - [`changes`]: edits, deletions and reactions, checked and queued.
+//! - [`tally`]: receipt counts of groups, sent a few times a second.
 //! - [`sequencer`]: the `chat-messages` consumer. As the single owner of its
 //!   partitions it assigns each conversation's dense `seq`, persists
 //!   idempotently, fans out through the edges and only then commits.
@@ -20,6 +21,7 @@ pub mod groups;
 pub mod grpc;
 pub mod notifier;
 pub mod sequencer;
+pub mod tally;
 
 pub use chat::Chat;
 

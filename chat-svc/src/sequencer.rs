@@ -12,12 +12,8 @@
 //!
 //! Receipts in a group are aggregated: the reader's own sessions get the
 //! member's `message_read`/`message_delivered` (so its other devices drop
-//! the unread count), and every member gets one `receipt_counts` per group
-//! per batch, computed from the members' cursors kept in memory here (the
-//! partition owner is their only writer). A batch holds whatever arrived
-//! while the last one was processed, so the busier a group, the more
-//! receipts one frame covers: the frames per member do not grow with the
-//! number of readers.
+//! the unread count), and the group's [`Tally`] sends every member one
+//! `receipt_counts` for all the receipts of a short interval.
 //!
 //! Members a new message finds with no live session get a `PushNotification`
 //! on `push-notifications` (keyed by user), published before the commit, so
@@ -27,6 +23,7 @@
 
 use crate::changes::refusal;
 use crate::chat::Chat;
+use crate::tally::Tally;
 use parley::bus::{Record, Subscription, Topic, next_batch_until, subscribe_until};
 use parley::proto::{
     ChatEvent, ChatMessage, Conversation, MessageKind, PushNotification, ReceiptEvent, ReceiptKind,
@@ -36,7 +33,7 @@ use parley::protocol::{kind_of, server};
 use parley::push::Outgoing;
 use parley::store::{Appended, Store, StoreError};
 use prost::Message;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -51,18 +48,25 @@ pub async fn run(chat: Chat, shutdown: CancellationToken) {
     else {
         return;
     };
-    let mut cursors = Cursors::default();
+    let tally = Tally::default();
+    let flusher = tokio::spawn(tally.clone().flush_every(
+        crate::tally::FLUSH_EVERY,
+        chat.pusher.clone(),
+        shutdown.clone(),
+    ));
+    let mut cursors = tally;
     while let Some(batch) = next_batch_until(subscription.as_mut(), BATCH, &shutdown).await {
         if !process_until_done(&chat, &mut cursors, &batch, &shutdown).await {
-            return;
+            break;
         }
         commit(subscription.as_mut(), &batch).await;
     }
+    let _ = flusher.await;
 }
 
 async fn process_until_done(
     chat: &Chat,
-    cursors: &mut Cursors,
+    cursors: &mut Tally,
     batch: &[Record],
     shutdown: &CancellationToken,
 ) -> bool {
@@ -91,12 +95,13 @@ async fn commit(subscription: &mut dyn Subscription, batch: &[Record]) {
 
 enum Step {
     Messages(Vec<ChatMessage>),
-    Change(ChatMessage),
-    Receipt(ReceiptEvent),
+    Change(Box<ChatMessage>),
+    Receipts(Vec<ReceiptEvent>),
 }
 
 /// Splits a batch into runs of messages (appended in one store call),
-/// single changes and single receipts, keeping their order.
+/// single changes and runs of receipts (one store call each), keeping
+/// their order.
 fn steps(batch: &[Record]) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     for record in batch {
@@ -113,13 +118,17 @@ fn steps(batch: &[Record]) -> Vec<Step> {
         };
         match event {
             chat_event::Event::MessageSent(m) if kind_of(&m) != MessageKind::Message => {
-                steps.push(Step::Change(m));
+                steps.push(Step::Change(Box::new(m)));
             }
             chat_event::Event::MessageSent(m) => match steps.last_mut() {
                 Some(Step::Messages(run)) => run.push(m),
                 _ => steps.push(Step::Messages(vec![m])),
             },
-            chat_event::Event::Receipt(r) => steps.push(Step::Receipt(r)),
+            chat_event::Event::Receipt(r) if r.kind == ReceiptKind::Unspecified as i32 => {}
+            chat_event::Event::Receipt(r) => match steps.last_mut() {
+                Some(Step::Receipts(run)) => run.push(r),
+                _ => steps.push(Step::Receipts(vec![r])),
+            },
         }
     }
     steps
@@ -137,13 +146,11 @@ fn to_notify<'a>(
         .filter(move |m| **m != message.from && sessionless.contains(*m))
 }
 
-async fn process(chat: &Chat, cursors: &mut Cursors, batch: &[Record]) -> Result<(), StoreError> {
+async fn process(chat: &Chat, cursors: &mut Tally, batch: &[Record]) -> Result<(), StoreError> {
     let store = chat.backends.store.as_ref();
     let mut members: HashMap<String, Conversation> = HashMap::new();
     let mut outgoing = Vec::new();
     let mut delivered: Vec<(ChatMessage, Vec<String>)> = Vec::new();
-    // Groups whose cursors moved in this batch, for their receipt counts.
-    let mut counted: BTreeSet<String> = BTreeSet::new();
     for step in steps(batch) {
         match step {
             Step::Messages(run) => {
@@ -167,84 +174,56 @@ async fn process(chat: &Chat, cursors: &mut Cursors, batch: &[Record]) -> Result
                 }
             }
             Step::Change(change) => {
-                if let Some((entry, users)) = apply_change(store, &mut members, change).await? {
+                if let Some((entry, users)) = apply_change(store, &mut members, *change).await? {
                     outgoing.push(Outgoing {
                         users,
                         frame: server::entry(&entry).into(),
                     });
                 }
             }
-            Step::Receipt(receipt) => {
-                let kind = ReceiptKind::try_from(receipt.kind).unwrap_or(ReceiptKind::Unspecified);
-                if kind == ReceiptKind::Unspecified {
-                    continue;
-                }
-                let moved = match store
-                    .advance_cursor(
-                        &receipt.conversation_id,
-                        &receipt.user_id,
-                        kind,
-                        receipt.up_to_seq,
-                    )
-                    .await
-                {
-                    Ok(moved) => moved,
-                    Err(e) if is_permanent(&e) => None,
-                    Err(e) => return Err(e),
-                };
-                let Some(up_to_seq) = moved else { continue };
-                let Some(users) =
-                    conversation_members(store, &mut members, &receipt.conversation_id).await?
-                else {
-                    continue;
-                };
-                let is_group = members
-                    .get(&receipt.conversation_id)
-                    .is_some_and(|c| c.kind == "group");
-                let frame = server::receipt(&ReceiptEvent {
-                    up_to_seq,
-                    ..receipt.clone()
-                });
-                if is_group {
-                    // The reader's devices hear of it; the group gets counts.
-                    cursors
-                        .note(
-                            store,
-                            &receipt.conversation_id,
-                            &receipt.user_id,
-                            kind,
-                            up_to_seq,
-                        )
-                        .await?;
-                    counted.insert(receipt.conversation_id.clone());
-                    outgoing.push(Outgoing {
-                        users: vec![receipt.user_id.clone()],
-                        frame: frame.into(),
+            Step::Receipts(run) => {
+                let moved = store.advance_cursors(&run).await?;
+                for (receipt, moved) in run.into_iter().zip(moved) {
+                    let Some(up_to_seq) = moved else { continue };
+                    let Some(users) =
+                        conversation_members(store, &mut members, &receipt.conversation_id).await?
+                    else {
+                        continue;
+                    };
+                    let is_group = members
+                        .get(&receipt.conversation_id)
+                        .is_some_and(|c| c.kind == "group");
+                    let kind =
+                        ReceiptKind::try_from(receipt.kind).unwrap_or(ReceiptKind::Delivered);
+                    let frame = server::receipt(&ReceiptEvent {
+                        up_to_seq,
+                        ..receipt.clone()
                     });
-                } else {
-                    outgoing.push(Outgoing {
-                        users,
-                        frame: frame.into(),
-                    });
+                    if is_group {
+                        // The reader's devices hear of it; the group gets counts.
+                        cursors
+                            .note(
+                                store,
+                                &receipt.conversation_id,
+                                &receipt.user_id,
+                                kind,
+                                up_to_seq,
+                            )
+                            .await?;
+                        cursors.changed(&receipt.conversation_id, &users);
+                        outgoing.push(Outgoing {
+                            users: vec![receipt.user_id.clone()],
+                            frame: frame.into(),
+                        });
+                    } else {
+                        outgoing.push(Outgoing {
+                            users,
+                            frame: frame.into(),
+                        });
+                    }
                 }
             }
         }
-    }
-    for conversation in counted {
-        let Some(group) = members.get(&conversation) else {
-            continue;
-        };
-        let (delivered_counts, read_counts) = cursors.counts(&conversation, &group.members);
-        outgoing.push(Outgoing {
-            users: group.members.clone(),
-            frame: server::receipt_counts(
-                &conversation,
-                group.members.len(),
-                &delivered_counts,
-                &read_counts,
-            )
-            .into(),
-        });
     }
     let pushed = chat.pusher.push_reporting(outgoing).await;
     // Published together (the bus batches them), all before the commit.
@@ -329,85 +308,6 @@ async fn apply_change(
     Ok(Some((entry, users)))
 }
 
-/// Groups the partition owner keeps cursors for at most; beyond it they are
-/// forgotten and read again from the store as needed.
-const CURSOR_GROUPS: usize = 1024;
-
-/// The delivered and read cursors of group members, per group, as the
-/// partition owner (their only writer) has moved them.
-#[derive(Default)]
-struct Cursors(HashMap<String, HashMap<String, (u64, u64)>>);
-
-impl Cursors {
-    /// Records that `user`'s cursor moved to `seq`, loading the group's
-    /// cursors from the store the first time (they include this move).
-    async fn note(
-        &mut self,
-        store: &dyn Store,
-        conversation: &str,
-        user: &str,
-        kind: ReceiptKind,
-        seq: u64,
-    ) -> Result<(), StoreError> {
-        if !self.0.contains_key(conversation) {
-            if self.0.len() >= CURSOR_GROUPS {
-                self.0.clear();
-            }
-            let Some(c) = store.conversation(conversation).await? else {
-                return Ok(());
-            };
-            let loaded = c
-                .cursors
-                .iter()
-                .map(|k| (k.user_id.clone(), (k.delivered_seq, k.read_seq)))
-                .collect();
-            self.0.insert(conversation.to_owned(), loaded);
-        }
-        if let Some(group) = self.0.get_mut(conversation) {
-            let (delivered, read) = group.entry(user.to_owned()).or_insert((0, 0));
-            *delivered = (*delivered).max(seq);
-            if kind == ReceiptKind::Read {
-                *read = (*read).max(seq);
-            }
-        }
-        Ok(())
-    }
-
-    /// For delivered and read: each distinct cursor position among
-    /// `members` (newest first) with how many members are at or past it.
-    fn counts(&self, conversation: &str, members: &[String]) -> (Counts, Counts) {
-        let empty = HashMap::new();
-        let group = self.0.get(conversation).unwrap_or(&empty);
-        let positions = |pick: fn(&(u64, u64)) -> u64| {
-            let seqs: Vec<u64> = members
-                .iter()
-                .map(|m| group.get(m).map(pick).unwrap_or(0))
-                .collect();
-            cumulative(seqs)
-        };
-        (positions(|c| c.0), positions(|c| c.1))
-    }
-}
-
-/// Cursor positions, highest first, each with how many members are at or
-/// past it.
-type Counts = Vec<(u64, usize)>;
-
-/// Distinct non-zero positions, highest first, each with how many of
-/// `seqs` are at or past it.
-fn cumulative(mut seqs: Vec<u64>) -> Counts {
-    seqs.retain(|s| *s > 0);
-    seqs.sort_unstable_by(|a, b| b.cmp(a));
-    let mut out: Counts = Vec::new();
-    for (i, seq) in seqs.iter().enumerate() {
-        match out.last_mut() {
-            Some((last, n)) if last == seq => *n = i + 1,
-            _ => out.push((*seq, i + 1)),
-        }
-    }
-    out
-}
-
 /// Errors retrying cannot cure: the record itself is bad.
 fn is_permanent(e: &StoreError) -> bool {
     matches!(e, StoreError::NoConversation(_) | StoreError::Corrupt(_))
@@ -463,12 +363,6 @@ async fn conversation_members(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cumulative_counts_members_at_or_past_each_position() {
-        assert_eq!(cumulative(vec![3, 0, 5, 3, 1]), [(5, 1), (3, 3), (1, 4)]);
-        assert!(cumulative(vec![0, 0]).is_empty());
-    }
 
     #[test]
     fn only_sessionless_members_other_than_the_sender_are_notified() {

@@ -9,7 +9,8 @@ use super::{
     apply_message_change,
 };
 use crate::proto::{
-    ChatMessage, Conversation, MemberCursor, MessageKind, ReceiptKind, StoredUser, User,
+    ChatMessage, Conversation, MemberCursor, MessageKind, ReceiptEvent, ReceiptKind, StoredUser,
+    User,
 };
 use async_trait::async_trait;
 use prost::Message;
@@ -114,6 +115,55 @@ fn read_conversation(
         })
         .collect::<Result<_, StoreError>>()?;
     Ok(Some(conversation))
+}
+
+/// Moves one cursor inside `txn`; answers the new position when it moved.
+/// `last_seqs` keeps each conversation's last seq for the transaction, so
+/// a run of receipts in a large group decodes its member list once.
+fn advance_in(
+    txn: &redb::WriteTransaction,
+    r: &ReceiptEvent,
+    last_seqs: &mut HashMap<String, u64>,
+) -> Result<Option<u64>, StoreError> {
+    let kind = ReceiptKind::try_from(r.kind).unwrap_or(ReceiptKind::Unspecified);
+    let last_seq = match last_seqs.get(&r.conversation_id) {
+        Some(seq) => *seq,
+        None => {
+            let conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+            let Some(raw) = conversations
+                .get(r.conversation_id.as_str())
+                .map_err(unavailable)?
+            else {
+                return Err(StoreError::NoConversation(r.conversation_id.clone()));
+            };
+            let seq = decode::<Conversation>(raw.value())?.last_seq;
+            last_seqs.insert(r.conversation_id.clone(), seq);
+            seq
+        }
+    };
+    let mut cursors = txn.open_table(CURSORS).map_err(unavailable)?;
+    let key = (r.conversation_id.as_str(), r.user_id.as_str());
+    let (delivered, read) = cursors
+        .get(key)
+        .map_err(unavailable)?
+        .map(|v| v.value())
+        .unwrap_or((0, 0));
+    let target = r.up_to_seq.min(last_seq);
+    // Reading a message implies it was delivered.
+    let (new_delivered, new_read) = match kind {
+        ReceiptKind::Read => (delivered.max(target), read.max(target)),
+        _ => (delivered.max(target), read),
+    };
+    let moved = match kind {
+        ReceiptKind::Read => (new_read > read).then_some(new_read),
+        _ => (new_delivered > delivered).then_some(new_delivered),
+    };
+    if (new_delivered, new_read) != (delivered, read) {
+        cursors
+            .insert(key, (new_delivered, new_read))
+            .map_err(unavailable)?;
+    }
+    Ok(moved)
 }
 
 #[async_trait]
@@ -397,6 +447,25 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn is_member(&self, conversation: &str, user: &str) -> Result<bool, StoreError> {
+        let (conversation, user) = (conversation.to_owned(), user.to_owned());
+        self.blocking(move |db| {
+            // The membership index is written in the same transaction as
+            // the member list, so it is exact, and no list is decoded.
+            let txn = db.begin_read().map_err(unavailable)?;
+            let by_user = txn
+                .open_multimap_table(USER_CONVERSATIONS)
+                .map_err(unavailable)?;
+            for id in by_user.get(user.as_str()).map_err(unavailable)? {
+                if id.map_err(unavailable)?.value() == conversation {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await
+    }
+
     async fn message_by_id(
         &self,
         conversation: &str,
@@ -649,45 +718,41 @@ impl Store for EmbeddedStore {
         kind: ReceiptKind,
         up_to_seq: u64,
     ) -> Result<Option<u64>, StoreError> {
-        let (conversation, user) = (conversation.to_owned(), user.to_owned());
+        let receipt = ReceiptEvent {
+            conversation_id: conversation.to_owned(),
+            user_id: user.to_owned(),
+            kind: kind as i32,
+            up_to_seq,
+            at_ms: 0,
+        };
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(unavailable)?;
-            let moved = {
-                let conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
-                let Some(raw) = conversations
-                    .get(conversation.as_str())
-                    .map_err(unavailable)?
-                else {
-                    return Err(StoreError::NoConversation(conversation));
-                };
-                let last_seq = decode::<Conversation>(raw.value())?.last_seq;
-                drop(raw);
-                let mut cursors = txn.open_table(CURSORS).map_err(unavailable)?;
-                let key = (conversation.as_str(), user.as_str());
-                let (delivered, read) = cursors
-                    .get(key)
-                    .map_err(unavailable)?
-                    .map(|v| v.value())
-                    .unwrap_or((0, 0));
-                let target = up_to_seq.min(last_seq);
-                // Reading a message implies it was delivered.
-                let (new_delivered, new_read) = match kind {
-                    ReceiptKind::Read => (delivered.max(target), read.max(target)),
-                    _ => (delivered.max(target), read),
-                };
-                let moved = match kind {
-                    ReceiptKind::Read => (new_read > read).then_some(new_read),
-                    _ => (new_delivered > delivered).then_some(new_delivered),
-                };
-                if (new_delivered, new_read) != (delivered, read) {
-                    cursors
-                        .insert(key, (new_delivered, new_read))
-                        .map_err(unavailable)?;
-                }
-                moved
-            };
+            let moved = advance_in(&txn, &receipt, &mut HashMap::new())?;
             txn.commit().map_err(unavailable)?;
             Ok(moved)
+        })
+        .await
+    }
+
+    async fn advance_cursors(
+        &self,
+        receipts: &[ReceiptEvent],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let receipts = receipts.to_vec();
+        self.blocking(move |db| {
+            // One transaction, one fsync, for the whole run.
+            let txn = db.begin_write().map_err(unavailable)?;
+            let mut out = Vec::with_capacity(receipts.len());
+            let mut last_seqs = HashMap::new();
+            for r in &receipts {
+                out.push(match advance_in(&txn, r, &mut last_seqs) {
+                    Ok(moved) => moved,
+                    Err(StoreError::NoConversation(_)) => None,
+                    Err(e) => return Err(e),
+                });
+            }
+            txn.commit().map_err(unavailable)?;
+            Ok(out)
         })
         .await
     }

@@ -9,7 +9,9 @@
 pub mod embedded;
 pub mod mongo;
 
-use crate::proto::{ChatMessage, Conversation, MessageKind, Reaction, ReceiptKind, User};
+use crate::proto::{
+    ChatMessage, Conversation, MessageKind, Reaction, ReceiptEvent, ReceiptKind, User,
+};
 use async_trait::async_trait;
 
 /// An account with what only auth-svc may see.
@@ -213,6 +215,15 @@ pub trait Store: Send + Sync + 'static {
         }))
     }
     async fn conversations_of(&self, user: &str) -> Result<Vec<Conversation>, StoreError>;
+    /// Whether `user` is a member of `conversation` (false when it does
+    /// not exist): the check on every receipt, which in a large group
+    /// should not cost decoding its member list.
+    async fn is_member(&self, conversation: &str, user: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conversation_head(conversation)
+            .await?
+            .is_some_and(|c| c.members.iter().any(|m| m == user)))
+    }
     /// Stores a new group (its id is fresh, so nothing can race it).
     async fn create_group(&self, group: &Conversation) -> Result<(), StoreError>;
     /// Applies `change` by `actor` atomically (see [`apply_group_change`]).
@@ -277,6 +288,31 @@ pub trait Store: Send + Sync + 'static {
         kind: ReceiptKind,
         up_to_seq: u64,
     ) -> Result<Option<u64>, StoreError>;
+
+    /// [`Store::advance_cursor`] for each receipt, in order, in one write
+    /// where the store can: a busy group's receipts arrive by the hundred.
+    /// A receipt for a conversation that does not exist answers `None`;
+    /// only a failure a retry can cure fails the call.
+    async fn advance_cursors(
+        &self,
+        receipts: &[ReceiptEvent],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let mut out = Vec::with_capacity(receipts.len());
+        for r in receipts {
+            let kind = ReceiptKind::try_from(r.kind).unwrap_or(ReceiptKind::Unspecified);
+            out.push(
+                match self
+                    .advance_cursor(&r.conversation_id, &r.user_id, kind, r.up_to_seq)
+                    .await
+                {
+                    Ok(moved) => moved,
+                    Err(StoreError::NoConversation(_) | StoreError::Corrupt(_)) => None,
+                    Err(e) => return Err(e),
+                },
+            );
+        }
+        Ok(out)
+    }
 
     async fn ping(&self) -> Result<(), StoreError>;
 }

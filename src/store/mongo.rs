@@ -36,7 +36,7 @@ use super::{
     apply_message_change,
 };
 use crate::proto::{
-    ChatMessage, Conversation, MemberCursor, MessageKind, Reaction, ReceiptKind, User,
+    ChatMessage, Conversation, MemberCursor, MessageKind, Reaction, ReceiptEvent, ReceiptKind, User,
 };
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt, stream};
@@ -1068,6 +1068,29 @@ impl Store for MongoStore {
         let previous = before.as_ref().map(|d| get_u64(d, field)).unwrap_or(0);
         let target = u64::try_from(target).unwrap_or(0);
         Ok((target > previous).then_some(target))
+    }
+
+    async fn advance_cursors(
+        &self,
+        receipts: &[ReceiptEvent],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        // A few at a time: `$max` makes the order of moves irrelevant to
+        // where each cursor ends.
+        stream::iter(receipts.to_vec())
+            .map(|r| async move {
+                let kind = ReceiptKind::try_from(r.kind).unwrap_or(ReceiptKind::Unspecified);
+                match self
+                    .advance_cursor(&r.conversation_id, &r.user_id, kind, r.up_to_seq)
+                    .await
+                {
+                    Ok(moved) => Ok(moved),
+                    Err(StoreError::NoConversation(_) | StoreError::Corrupt(_)) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .buffered(LOOKUPS_IN_FLIGHT)
+            .try_collect()
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

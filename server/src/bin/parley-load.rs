@@ -3,6 +3,10 @@
 //! - `chat`: pairs of users over real WebSockets; each sender keeps a window
 //!   of unacknowledged messages in flight; the receiver measures send →
 //!   `new_message` latency. Reports messages/s and p50/p99/max.
+//! - `group`: one group of N members, every one online; one member sends
+//!   with a window in flight; reports deliveries/s and, per message, the
+//!   time from send to its last member (p50/p99/max), optionally with every
+//!   member marking each message read.
 //! - `idle`: opens N authenticated connections that stay idle and reports
 //!   the server's resident memory per connection (from /proc, given its pid).
 //!
@@ -47,6 +51,19 @@ enum Mode {
         #[arg(long, default_value_t = 16)]
         window: usize,
     },
+    /// Fan-out to one large group, every member online.
+    Group {
+        /// Members, the sender included.
+        #[arg(long, default_value_t = 500)]
+        members: usize,
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        #[arg(long, default_value_t = 4)]
+        window: usize,
+        /// Every member sends `mark_read` for each message it gets.
+        #[arg(long)]
+        read_receipts: bool,
+    },
     /// Publish latency on the configured bus (KAFKA_BROKERS), one at a time.
     Produce {
         #[arg(long, default_value_t = 2000)]
@@ -84,6 +101,12 @@ async fn main() -> anyhow::Result<()> {
                 connections,
                 server_pid,
             } => idle(&args.url, connections, server_pid).await,
+            Mode::Group {
+                members,
+                messages,
+                window,
+                read_receipts,
+            } => group(&args.url, members, messages, window, read_receipts).await,
             Mode::Produce { count } => produce(count).await,
             Mode::Insert { count, batch } => insert(count, batch).await,
         }
@@ -275,6 +298,186 @@ async fn receive(
     let mut h = histogram.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     for l in latencies {
         h.record(l.max(1))?;
+    }
+    Ok(())
+}
+
+/// When each message (by index) reached its last member, and how many
+/// members it has reached.
+struct Arrivals {
+    last_micros: Vec<std::sync::atomic::AtomicU64>,
+    reached: Vec<std::sync::atomic::AtomicUsize>,
+}
+
+async fn group(
+    url: &str,
+    members: usize,
+    messages: usize,
+    window: usize,
+    read_receipts: bool,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    if members < 2 {
+        bail!("a group needs at least 2 members");
+    }
+    let users = register_many(url, &prefix(), members).await?;
+    let mut sockets = Vec::with_capacity(members);
+    let mut nodes = std::collections::BTreeSet::new();
+    for u in &users {
+        let (ws, node) = join_at(url, &u.token).await?;
+        nodes.insert(node);
+        sockets.push(ws);
+    }
+    let mut sockets = sockets.into_iter();
+    let mut sender = sockets.next().context("no sender")?;
+    let others: Vec<&str> = users[1..].iter().map(|u| u.id.as_str()).collect();
+    let create =
+        json!({"type": "create_group", "ref": "create", "name": "load", "members": others});
+    sender
+        .send(Message::Text(create.to_string().into()))
+        .await?;
+    let conversation = loop {
+        let Some(frame) = sender.next().await else {
+            bail!("closed before the group was created");
+        };
+        if let Message::Text(t) = frame? {
+            let v: Value = serde_json::from_str(&t)?;
+            match (v["type"].as_str(), v["ref"].as_str()) {
+                (Some("ack"), Some("create")) => {
+                    break v["conversation"]["id"]
+                        .as_str()
+                        .context("no group id")?
+                        .to_owned();
+                }
+                (Some("error"), _) => bail!("create_group refused: {v}"),
+                _ => {}
+            }
+        }
+    };
+    let arrivals = Arc::new(Arrivals {
+        last_micros: (0..messages).map(|_| 0.into()).collect(),
+        reached: (0..messages).map(|_| 0.into()).collect(),
+    });
+    let start = Instant::now();
+    let receivers: Vec<_> = sockets
+        .map(|ws| {
+            let (arrivals, conversation) = (arrivals.clone(), conversation.clone());
+            tokio::spawn(async move {
+                member(ws, conversation, messages, read_receipts, start, arrivals).await
+            })
+        })
+        .collect();
+    let began = start.elapsed().as_micros() as u64;
+    let sends = send_to_group(sender, &conversation, messages, window, start).await?;
+    for r in receivers {
+        r.await??;
+    }
+    let finished = arrivals
+        .last_micros
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(began);
+    let short = arrivals
+        .reached
+        .iter()
+        .filter(|n| n.load(Ordering::Relaxed) != members - 1)
+        .count();
+    if short > 0 {
+        bail!("{short} messages did not reach every member exactly once");
+    }
+    let mut to_last = Histogram::<u64>::new(3)?;
+    for (i, sent) in sends.iter().enumerate() {
+        let last = arrivals.last_micros[i].load(Ordering::Relaxed);
+        to_last.record(last.saturating_sub(*sent).max(1))?;
+    }
+    let receivers = members - 1;
+    let deliveries = receivers * messages;
+    let seconds = (finished.saturating_sub(began)) as f64 / 1e6;
+    println!(
+        "group: {members} members online, {} edge(s), {messages} msgs (window {window}){}: {deliveries} deliveries in {seconds:.2} s = {:.0} deliveries/s; send→last member {}",
+        nodes.len(),
+        if read_receipts {
+            ", every member marking each read"
+        } else {
+            ""
+        },
+        deliveries as f64 / seconds,
+        percentiles(&to_last),
+    );
+    Ok(())
+}
+
+/// Sends `messages` to the group with `window` unacknowledged; answers
+/// when each was sent (µs since `start`), by index.
+async fn send_to_group(
+    mut ws: Socket,
+    conversation: &str,
+    messages: usize,
+    window: usize,
+    start: Instant,
+) -> anyhow::Result<Vec<u64>> {
+    let mut sent_at = Vec::with_capacity(messages);
+    let mut acked = 0usize;
+    while acked < messages {
+        while sent_at.len() < messages && sent_at.len() - acked < window.max(1) {
+            let i = sent_at.len();
+            let micros = start.elapsed().as_micros() as u64;
+            sent_at.push(micros);
+            let frame = json!({"type": "send_message", "ref": format!("m{i}"),
+                "conversation_id": conversation, "client_msg_id": format!("g{i}"),
+                "body": i.to_string()});
+            ws.send(Message::Text(frame.to_string().into())).await?;
+        }
+        let Some(frame) = ws.next().await else {
+            bail!("sender socket closed");
+        };
+        if let Message::Text(t) = frame? {
+            let v: Value = serde_json::from_str(&t)?;
+            match v["type"].as_str() {
+                Some("ack") => acked += 1,
+                Some("error") => bail!("send refused: {v}"),
+                _ => {}
+            }
+        }
+    }
+    Ok(sent_at)
+}
+
+/// One member: records when each message of the group arrives, and marks
+/// it read when asked to.
+async fn member(
+    mut ws: Socket,
+    conversation: String,
+    messages: usize,
+    read_receipts: bool,
+    start: Instant,
+    arrivals: Arc<Arrivals>,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let mut seen = 0usize;
+    while seen < messages {
+        let Some(frame) = ws.next().await else {
+            bail!("member socket closed");
+        };
+        let Message::Text(t) = frame? else { continue };
+        let v: Value = serde_json::from_str(&t)?;
+        if v["type"] != "new_message" || v["message"]["conversation_id"] != conversation.as_str() {
+            continue;
+        }
+        let now = start.elapsed().as_micros() as u64;
+        let i: usize = v["message"]["body"].as_str().unwrap_or("").parse()?;
+        if i >= messages {
+            continue;
+        }
+        arrivals.last_micros[i].fetch_max(now, Ordering::Relaxed);
+        arrivals.reached[i].fetch_add(1, Ordering::Relaxed);
+        seen += 1;
+        if read_receipts {
+            let read = json!({"type": "mark_read", "conversation_id": conversation,
+                "up_to_seq": v["message"]["seq"]});
+            ws.send(Message::Text(read.to_string().into())).await?;
+        }
     }
     Ok(())
 }

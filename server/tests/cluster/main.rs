@@ -15,4 +15,5 @@ mod harness;
 
 mod cross_node;
 mod failover;
+mod groups;
 mod grpcurl;
