@@ -264,6 +264,11 @@ const handlers = {
   user_joined: (f) => setStatus(f.user_id, f.status || 'online'),
   user_left: (f) => setStatus(f.user_id, 'offline', f.last_seen),
   presence: (f) => setStatus(f.user_id, f.status, f.last_seen),
+  message_edited: (f) => onChange(f, (m) => Object.assign(m, { body: f.body, edited_at: f.at })),
+  message_deleted: (f) => onChange(f, (m) => Object.assign(m, { body: '', deleted: true, reactions: {} })),
+  reaction: (f) => onChange(f, (m) => toggleReaction(m, f.emoji, f.by, f.on)),
+  conversation_updated: () => refreshConvsSoon(),
+  receipt_counts: onReceiptCounts,
 };
 
 /* ---------- server frame handlers ---------- */
@@ -297,6 +302,7 @@ function afterSync(ref) {
 
 function onNewMessage(m) {
   if (!m) return;
+  if (m.kind) return onHistoryChange(m);
   const mine = m.from === state.me.id;
   const conv = state.convs.get(m.conversation_id);
   bumpLastSeq(m.conversation_id, m.seq);
@@ -320,6 +326,44 @@ function onNewMessage(m) {
   } else if (mine) {
     renderMessages(); // a pending message of a not-yet-adopted chat got its seq
   }
+}
+
+// An edit, deletion or reaction: a log entry of its own (its seq counts for
+// sync) applied to the message it names, if that message is loaded.
+function onChange(f, apply) {
+  bumpLastSeq(f.conversation_id, f.seq);
+  const conv = state.convs.get(f.conversation_id);
+  if (conv && conv.last_message && conv.last_message.id === f.message_id) {
+    apply(conv.last_message);
+    renderConvs();
+  }
+  const o = state.open;
+  const target = o && o.convId === f.conversation_id && o.messages.find((m) => m.id === f.message_id);
+  if (target) {
+    apply(target);
+    renderMessages();
+  }
+}
+
+// A change as a history entry: its message already shows it.
+function onHistoryChange(m) {
+  bumpLastSeq(m.conversation_id, m.seq);
+}
+
+function toggleReaction(m, emoji, by, on) {
+  const reactions = m.reactions || (m.reactions = {});
+  const users = (reactions[emoji] || []).filter((u) => u !== by);
+  if (on) users.push(by);
+  if (users.length) reactions[emoji] = users;
+  else delete reactions[emoji];
+}
+
+// A group's receipts come as counts: how many members are at or past each position.
+function onReceiptCounts(f) {
+  const conv = state.convs.get(f.conversation_id);
+  if (!conv) return;
+  conv.counts = f;
+  if (isOpen(conv.id)) renderMessages();
 }
 
 function onAck(f) {
@@ -476,7 +520,7 @@ async function loadMessages(older) {
   if (older && first) path += `&before_seq=${first.seq}`;
   const data = await api('GET', path);
   if (state.open !== o) return; // switched chats meanwhile
-  addMessages(data.messages || []);
+  addMessages((data.messages || []).filter((m) => !m.kind)); // messages come as they are now
   o.hasMore = !!data.has_more;
   for (const m of data.messages || []) bumpLastSeq(m.conversation_id, m.seq);
   renderMessages(older ? { keepPosition: true } : { bottom: true });
@@ -712,8 +756,13 @@ function messageEl(m, conv) {
   const row = el('div', `msg ${mine ? 'mine' : 'theirs'}`);
   const bubble = el('div', 'bubble');
   if (!mine && conv && conv.kind === 'group') bubble.append(el('div', 'author', userName(m.from)));
-  bubble.append(el('div', 'body', m.body));
-  const meta = el('div', 'meta', formatTime(m.sent_at));
+  if (m.deleted) bubble.append(el('div', 'body deleted', 'This message was deleted'));
+  else bubble.append(el('div', 'body', m.body));
+  const reactions = Object.entries(m.reactions || {})
+    .map(([emoji, users]) => `${emoji} ${users.length}`)
+    .join('  ');
+  if (reactions) bubble.append(el('div', 'reactions', reactions));
+  const meta = el('div', 'meta', formatTime(m.sent_at) + (m.edited_at ? ' · edited' : ''));
   if (mine) meta.append(markEl(m, conv));
   bubble.append(meta);
   row.append(bubble);
@@ -733,9 +782,26 @@ function receiptState(m, conv) {
   if (m.seq == null || !conv) return 'sent';
   const others = conv.members.filter((u) => u.id !== state.me.id);
   if (!others.length) return 'sent';
+  if (conv.kind === 'group') return groupReceiptState(m, conv, others.length);
   const cursors = others.map((u) => cursorOf(conv, u.id));
   if (cursors.every((c) => c.read_seq >= m.seq)) return 'read';
   if (cursors.every((c) => c.delivered_seq >= m.seq)) return 'delivered';
+  return 'sent';
+}
+
+// "Read by N of M" from the group's counts: N members at or past the
+// message's seq, not counting me (the sender).
+function groupReceiptState(m, conv, others) {
+  const c = conv.counts;
+  if (!c) return 'sent';
+  const own = cursorOf(conv, state.me.id);
+  const reached = (list, mine) => {
+    const at = (list || []).filter((e) => e.up_to_seq >= m.seq);
+    const n = at.length ? at[at.length - 1].count : 0;
+    return n - (mine >= m.seq ? 1 : 0);
+  };
+  if (reached(c.read, own.read_seq) >= others) return 'read';
+  if (reached(c.delivered, own.delivered_seq) >= others) return 'delivered';
   return 'sent';
 }
 
