@@ -61,6 +61,8 @@ pub struct Chat {
     send_limit: SendLimit,
     webhook: Option<crate::notifier::Webhook>,
     pub(crate) max_group_members: usize,
+    pub(crate) receipts: crate::receipts::ReceiptQueue,
+    pub(crate) memberships: crate::conversations::MembershipCache,
 }
 
 /// What `send_message` answers.
@@ -133,6 +135,8 @@ impl Chat {
             send_limit,
             webhook: None,
             max_group_members: crate::groups::DEFAULT_MAX_MEMBERS,
+            receipts: crate::receipts::ReceiptQueue::default(),
+            memberships: crate::conversations::MembershipCache::default(),
         }
     }
 
@@ -258,8 +262,9 @@ impl Chat {
         })
     }
 
-    /// Queues a delivered/read receipt; the sequencer moves the cursor and
-    /// tells the other members.
+    /// Queues a delivered/read receipt (coalesced with the user's other
+    /// marks of the same cursor, see [`crate::receipts`]); the sequencer
+    /// moves the cursor and tells the members.
     pub async fn mark(
         &self,
         user: &UserId,
@@ -275,27 +280,23 @@ impl Chat {
         }
         // The store clamps the cursor to the last seq when it moves it.
         if !self
-            .backends
-            .store
-            .is_member(conversation.as_str(), user.as_str())
+            .memberships
+            .is_member(
+                self.backends.store.as_ref(),
+                conversation.as_str(),
+                user.as_str(),
+            )
             .await?
         {
             return Err(ApiError::conversation_not_found());
         }
-        let c = conversation.as_str();
-        let event = ChatEvent {
-            event: Some(chat_event::Event::Receipt(ReceiptEvent {
-                conversation_id: c.to_owned(),
-                user_id: user.as_str().to_owned(),
-                kind: kind as i32,
-                up_to_seq,
-                at_ms: now_ms(),
-            })),
-        };
-        self.backends
-            .bus
-            .publish(Topic::ChatMessages, c, Bytes::from(event.encode_to_vec()))
-            .await?;
+        self.receipts.add(ReceiptEvent {
+            conversation_id: conversation.as_str().to_owned(),
+            user_id: user.as_str().to_owned(),
+            kind: kind as i32,
+            up_to_seq,
+            at_ms: now_ms(),
+        });
         Ok(())
     }
 

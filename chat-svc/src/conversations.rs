@@ -5,6 +5,9 @@ use parley::ids::{ConversationId, UserId};
 use parley::proto::Conversation;
 use parley::store::Store;
 use parley::time::now_ms;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Where a client frame points: a user (the 1:1 conversation) or a
 /// conversation id.
@@ -78,5 +81,63 @@ pub async fn member_of(
     match store.conversation_head(id.as_str()).await? {
         Some(c) if c.members.iter().any(|m| m == user.as_str()) => Ok(c),
         _ => Err(ApiError::conversation_not_found()),
+    }
+}
+
+/// How long a confirmed membership is believed without asking the store.
+pub const MEMBERSHIP_TTL: Duration = Duration::from_secs(1);
+/// Entries kept at most; beyond it the cache starts over.
+const MEMBERSHIPS_KEPT: usize = 100_000;
+
+/// Memberships recently confirmed, for the receipt path: every member of a
+/// busy group marks every message, and asking the store each time was the
+/// busiest thing FerretDB did under the 500-member benchmark. Only "yes" is
+/// kept, for [`MEMBERSHIP_TTL`]; a group change made here forgets the
+/// removed members at once (another chat-svc instance may believe it for up
+/// to the TTL, which lets at most a removed member's receipt through).
+#[derive(Debug, Clone, Default)]
+pub struct MembershipCache(Arc<Mutex<HashMap<(String, String), Instant>>>);
+
+impl MembershipCache {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Instant>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether `user` is in `conversation`, from the cache or the store.
+    pub async fn is_member(
+        &self,
+        store: &dyn Store,
+        conversation: &str,
+        user: &str,
+    ) -> Result<bool, ApiError> {
+        let key = (conversation.to_owned(), user.to_owned());
+        if self
+            .entries()
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < MEMBERSHIP_TTL)
+        {
+            return Ok(true);
+        }
+        let member = store.is_member(conversation, user).await?;
+        let mut entries = self.entries();
+        if member {
+            if entries.len() >= MEMBERSHIPS_KEPT {
+                entries.clear();
+            }
+            entries.insert(key, Instant::now());
+        } else {
+            entries.remove(&key);
+        }
+        Ok(member)
+    }
+
+    /// Forgets these users' membership of `conversation`.
+    pub fn forget(&self, conversation: &str, users: &[String]) {
+        let mut entries = self.entries();
+        for u in users {
+            entries.remove(&(conversation.to_owned(), u.clone()));
+        }
     }
 }

@@ -160,6 +160,8 @@ impl Chat {
         }
         let changed = changed?;
         if changed.changed {
+            self.memberships
+                .forget(conversation.as_str(), &changed.removed);
             metrics::counter!("parley_chat_group_changes_total").increment(1);
             self.announce(&changed.conversation, &changed.removed, user, label)
                 .await;

@@ -6,6 +6,7 @@
 //!   directly; history and sync read the store.
 //! - [`groups`]: creating groups and changing their members and names.
 //! - [`changes`]: edits, deletions and reactions, checked and queued.
+//! - [`receipts`]: marks queued and coalesced on their way to the bus.
 //! - [`tally`]: receipt counts of groups, sent a few times a second.
 //! - [`sequencer`]: the `chat-messages` consumer. As the single owner of its
 //!   partitions it assigns each conversation's dense `seq`, persists
@@ -20,6 +21,7 @@ pub mod conversations;
 pub mod groups;
 pub mod grpc;
 pub mod notifier;
+pub mod receipts;
 pub mod sequencer;
 pub mod tally;
 
@@ -38,6 +40,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), parley::grpc::ServeError> {
     let sequencer = tokio::spawn(sequencer::run(chat.clone(), shutdown.clone()));
+    let receipts = tokio::spawn(chat.receipts.clone().flush_every(
+        receipts::FLUSH_EVERY,
+        backends.bus.clone(),
+        shutdown.clone(),
+    ));
     let notifier = tokio::spawn(notifier::run(
         backends.clone(),
         chat.webhook().cloned(),
@@ -47,6 +54,7 @@ pub async fn serve(
     let served =
         parley::grpc::serve(listener, routes, grpc::NAMES, backends, shutdown.clone()).await;
     shutdown.cancel();
+    let _ = receipts.await;
     let _ = sequencer.await;
     let _ = notifier.await;
     served

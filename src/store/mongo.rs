@@ -19,7 +19,8 @@
 //!   matched by it (compare-and-set), since there are no transactions.
 //! - `conversations`: members and `last_seq`; `memberships`: `_id` = user
 //!   → the conversation ids the user is in; `cursors`: `_id` =
-//!   `<conversation>|<user>` → delivered and read seqs.
+//!   `<conversation>` → `d.<user>` and `r.<user>`, the delivered and read
+//!   seqs of every member, so a run of a group's receipts is one write.
 //! - `users` (unique `username_lower`, unique `email`) and `user_keys`:
 //!   `_id` = `email:<email>` → user id, the login lookup.
 //!
@@ -347,28 +348,28 @@ impl MongoStore {
             .await
     }
 
-    /// Conversations with their members' cursors.
+    /// Conversations with their members' cursors: one `cursors` document
+    /// per conversation.
     async fn with_cursors(&self, docs: Vec<Document>) -> Result<Vec<Conversation>, StoreError> {
         let mut conversations = docs
             .iter()
             .map(conversation_from)
             .collect::<Result<Vec<_>, _>>()?;
-        let keys: Vec<String> = conversations
-            .iter()
-            .flat_map(|c| c.members.iter().map(|m| format!("{}|{m}", c.id)))
-            .collect();
-        let mut rows = self.by_ids("cursors", keys).await?.into_iter();
-        for c in &mut conversations {
+        let ids = conversations.iter().map(|c| c.id.clone()).collect();
+        let rows = self.by_ids("cursors", ids).await?;
+        for (c, row) in conversations.iter_mut().zip(rows) {
+            let position = |field: &str, user: &str| {
+                row.as_ref()
+                    .and_then(|r| r.get_document(field).ok())
+                    .map_or(0, |d| get_u64(d, user))
+            };
             c.cursors = c
                 .members
                 .iter()
-                .map(|m| {
-                    let row = rows.next().flatten();
-                    MemberCursor {
-                        user_id: m.clone(),
-                        delivered_seq: row.as_ref().map_or(0, |r| get_u64(r, "delivered_seq")),
-                        read_seq: row.as_ref().map_or(0, |r| get_u64(r, "read_seq")),
-                    }
+                .map(|m| MemberCursor {
+                    user_id: m.clone(),
+                    delivered_seq: position("d", m),
+                    read_seq: position("r", m),
                 })
                 .collect();
         }
@@ -760,6 +761,19 @@ impl Store for MongoStore {
         )))
     }
 
+    async fn is_member(&self, conversation: &str, user: &str) -> Result<bool, StoreError> {
+        // The user's own membership list, not the group's member list: a
+        // short document instead of up to hundreds of ids. It can say yes
+        // a moment longer than the group (removals update the group first),
+        // which only lets a leaving member's last receipt through.
+        let Some(membership) = self.by_id("memberships", user).await? else {
+            return Ok(false);
+        };
+        Ok(membership
+            .get_array("conversations")
+            .is_ok_and(|ids| ids.iter().any(|c| c.as_str() == Some(conversation))))
+    }
+
     async fn message_by_id(
         &self,
         conversation: &str,
@@ -1042,55 +1056,52 @@ impl Store for MongoStore {
             .by_id("conversations", conversation)
             .await?
             .ok_or_else(|| StoreError::NoConversation(conversation.to_owned()))?;
-        let target = seq_bson(up_to_seq.min(get_u64(&c, "last_seq")));
-        // Reading a message implies it was delivered.
-        let raise = match kind {
-            ReceiptKind::Read => doc! {"delivered_seq": target, "read_seq": target},
-            _ => doc! {"delivered_seq": target},
-        };
-        let before = self
-            .coll("cursors")
-            .find_one_and_update(
-                doc! {"_id": format!("{conversation}|{user}")},
-                doc! {
-                    "$max": raise,
-                    "$setOnInsert": {"conversation_id": conversation, "user_id": user},
-                },
-            )
-            .upsert(true)
-            .return_document(ReturnDocument::Before)
-            .await
-            .map_err(unavailable)?;
-        let field = match kind {
-            ReceiptKind::Read => "read_seq",
-            _ => "delivered_seq",
-        };
-        let previous = before.as_ref().map(|d| get_u64(d, field)).unwrap_or(0);
-        let target = u64::try_from(target).unwrap_or(0);
-        Ok((target > previous).then_some(target))
+        let target = up_to_seq.min(get_u64(&c, "last_seq"));
+        Ok(self
+            .move_cursors(conversation, &[(user.to_owned(), kind, target)])
+            .await?
+            .pop()
+            .flatten())
     }
 
     async fn advance_cursors(
         &self,
         receipts: &[ReceiptEvent],
     ) -> Result<Vec<Option<u64>>, StoreError> {
-        // A few at a time: `$max` makes the order of moves irrelevant to
-        // where each cursor ends.
-        stream::iter(receipts.to_vec())
-            .map(|r| async move {
-                let kind = ReceiptKind::try_from(r.kind).unwrap_or(ReceiptKind::Unspecified);
-                match self
-                    .advance_cursor(&r.conversation_id, &r.user_id, kind, r.up_to_seq)
-                    .await
-                {
-                    Ok(moved) => Ok(moved),
-                    Err(StoreError::NoConversation(_) | StoreError::Corrupt(_)) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
-            .buffered(LOOKUPS_IN_FLIGHT)
-            .try_collect()
-            .await
+        // Each conversation's last seq is read once for the run (a group's
+        // document carries its whole member list).
+        let mut last_seqs: HashMap<String, Option<u64>> = HashMap::new();
+        for r in receipts {
+            if !last_seqs.contains_key(&r.conversation_id) {
+                let last = self
+                    .by_id("conversations", &r.conversation_id)
+                    .await?
+                    .map(|c| get_u64(&c, "last_seq"));
+                last_seqs.insert(r.conversation_id.clone(), last);
+            }
+        }
+        // One write per conversation, the answers put back in order.
+        type Moves = Vec<(usize, (String, ReceiptKind, u64))>;
+        let mut by_conversation: HashMap<&str, Moves> = HashMap::new();
+        for (i, r) in receipts.iter().enumerate() {
+            let Some(last) = last_seqs.get(&r.conversation_id).copied().flatten() else {
+                continue;
+            };
+            let kind = ReceiptKind::try_from(r.kind).unwrap_or(ReceiptKind::Unspecified);
+            by_conversation
+                .entry(r.conversation_id.as_str())
+                .or_default()
+                .push((i, (r.user_id.clone(), kind, r.up_to_seq.min(last))));
+        }
+        let mut out = vec![None; receipts.len()];
+        for (conversation, moves) in by_conversation {
+            let (indexes, moves): (Vec<usize>, Vec<_>) = moves.into_iter().unzip();
+            let moved = self.move_cursors(conversation, &moves).await?;
+            for (i, m) in indexes.into_iter().zip(moved) {
+                out[i] = m;
+            }
+        }
+        Ok(out)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -1099,5 +1110,70 @@ impl Store for MongoStore {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+}
+
+impl MongoStore {
+    /// Raises cursors of one conversation, each move already clamped to
+    /// the last seq, in one write to the conversation's `cursors` document
+    /// (`d.<user>` and `r.<user>`, raised with `$max`): a busy group's run
+    /// of receipts is one write, not one per member. Answers, move by move
+    /// in order, the new position when it moved.
+    async fn move_cursors(
+        &self,
+        conversation: &str,
+        moves: &[(String, ReceiptKind, u64)],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let mut raise = Document::new();
+        for (user, kind, target) in moves {
+            let target = seq_bson(*target);
+            // Reading a message implies it was delivered.
+            let mut fields = vec![format!("d.{user}")];
+            if *kind == ReceiptKind::Read {
+                fields.push(format!("r.{user}"));
+            }
+            for field in fields {
+                let higher = match raise.get(&field) {
+                    Some(Bson::Int64(v)) => (*v).max(target),
+                    _ => target,
+                };
+                raise.insert(field, higher);
+            }
+        }
+        if raise.is_empty() {
+            return Ok(vec![None; moves.len()]);
+        }
+        let before = self
+            .coll("cursors")
+            .find_one_and_update(doc! {"_id": conversation}, doc! {"$max": raise})
+            .upsert(true)
+            .return_document(ReturnDocument::Before)
+            .await
+            .map_err(unavailable)?;
+        let stored = |field: &str, user: &str| {
+            before
+                .as_ref()
+                .and_then(|b| b.get_document(field).ok())
+                .map_or(0, |d| get_u64(d, user))
+        };
+        // Replay the moves on the positions before, as one at a time would.
+        let mut at: HashMap<&str, (u64, u64)> = HashMap::new();
+        let mut out = Vec::with_capacity(moves.len());
+        for (user, kind, target) in moves {
+            let (delivered, read) = at
+                .entry(user.as_str())
+                .or_insert_with(|| (stored("d", user), stored("r", user)));
+            let previous = if *kind == ReceiptKind::Read {
+                *read
+            } else {
+                *delivered
+            };
+            *delivered = (*delivered).max(*target);
+            if *kind == ReceiptKind::Read {
+                *read = (*read).max(*target);
+            }
+            out.push((*target > previous).then_some(*target));
+        }
+        Ok(out)
     }
 }

@@ -1,0 +1,142 @@
+//! Receipts on their way to the bus, coalesced. A client may mark every
+//! message of a busy group as it arrives; publishing each mark would put
+//! hundreds of receipts per message on the conversation's partition, ahead
+//! of its next messages. Instead `mark` answers once the receipt is checked
+//! and queued here, and every [`FLUSH_EVERY`] the queue publishes one
+//! receipt per (conversation, user, kind): the highest seq marked. Cursors
+//! only move forward, so the highest mark says everything the others did.
+//!
+//! A receipt is a position, not a message: one lost in a crash before its
+//! flush is repaired by the client's next mark (clients mark on every
+//! connect), so the queue is in memory. A flush that fails keeps its
+//! receipts for the next one.
+
+use bytes::Bytes;
+use parley::bus::{EventBus, Topic};
+use parley::proto::{ChatEvent, ReceiptEvent, chat_event};
+use prost::Message;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long a receipt may wait to be coalesced with later ones.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+type Key = (String, String, i32);
+
+#[derive(Debug, Clone, Default)]
+pub struct ReceiptQueue(Arc<Mutex<HashMap<Key, ReceiptEvent>>>);
+
+impl ReceiptQueue {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<Key, ReceiptEvent>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `receipt`, merged with a pending one for the same cursor.
+    pub fn add(&self, receipt: ReceiptEvent) {
+        let key = (
+            receipt.conversation_id.clone(),
+            receipt.user_id.clone(),
+            receipt.kind,
+        );
+        let mut pending = self.pending();
+        match pending.get_mut(&key) {
+            Some(queued) if queued.up_to_seq >= receipt.up_to_seq => {}
+            Some(queued) => *queued = receipt,
+            None => {
+                pending.insert(key, receipt);
+            }
+        }
+    }
+
+    fn take(&self) -> Vec<ReceiptEvent> {
+        std::mem::take(&mut *self.pending()).into_values().collect()
+    }
+
+    /// Publishes what is queued every `every` until `shutdown`, then once
+    /// more.
+    pub async fn flush_every(
+        self,
+        every: Duration,
+        bus: Arc<dyn EventBus>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                () = shutdown.cancelled() => true,
+            };
+            self.flush(bus.as_ref()).await;
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    async fn flush(&self, bus: &dyn EventBus) {
+        let receipts = self.take();
+        if receipts.is_empty() {
+            return;
+        }
+        let publishes = receipts.into_iter().map(|receipt| async move {
+            let event = ChatEvent {
+                event: Some(chat_event::Event::Receipt(receipt.clone())),
+            };
+            let key = receipt.conversation_id.clone();
+            bus.publish(
+                Topic::ChatMessages,
+                &key,
+                Bytes::from(event.encode_to_vec()),
+            )
+            .await
+            .map_err(|e| (receipt, e))
+        });
+        for result in futures::future::join_all(publishes).await {
+            if let Err((receipt, e)) = result {
+                tracing::warn!(error = %e, "receipts not published; kept for the next flush");
+                self.add(receipt);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipt(user: &str, kind: i32, seq: u64) -> ReceiptEvent {
+        ReceiptEvent {
+            conversation_id: "c".into(),
+            user_id: user.into(),
+            kind,
+            up_to_seq: seq,
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_highest_mark_per_cursor_is_kept() {
+        let queue = ReceiptQueue::default();
+        queue.add(receipt("a", 2, 3));
+        queue.add(receipt("a", 2, 7));
+        queue.add(receipt("a", 2, 5));
+        queue.add(receipt("a", 1, 1));
+        queue.add(receipt("b", 2, 2));
+        let mut taken: Vec<(String, i32, u64)> = queue
+            .take()
+            .into_iter()
+            .map(|r| (r.user_id, r.kind, r.up_to_seq))
+            .collect();
+        taken.sort();
+        assert_eq!(
+            taken,
+            [("a".into(), 1, 1), ("a".into(), 2, 7), ("b".into(), 2, 2)]
+        );
+        assert!(queue.take().is_empty());
+    }
+}
