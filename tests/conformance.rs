@@ -230,7 +230,8 @@ mod mongo_store_checks {
             return;
         };
         let (store, raw) = open_with_raw(&url).await;
-        let conversations = raw.collection::<mongodb::bson::Document>("conversations");
+        // `last_seq` is kept in `seqs`, apart from the member list.
+        let conversations = raw.collection::<mongodb::bson::Document>("seqs");
         let messages = raw.collection::<mongodb::bson::Document>("messages");
         let (a, b, c) = (unique("a"), unique("b"), unique("c"));
         store.ensure_direct(&c, &a, &b, 1).await.unwrap();

@@ -128,7 +128,7 @@ impl Chat {
                 if ids.is_empty() {
                     return Err(ApiError::invalid("name at least one member to add"));
                 }
-                if ids.len() >= self.max_group_members {
+                if ids.len() > self.max_group_members {
                     return Err(too_many(self.max_group_members));
                 }
                 self.all_exist(&ids).await?;

@@ -268,11 +268,23 @@ async fn apply_change(
     let Some(users) = conversation_members(store, members, &change.conversation_id).await? else {
         return Ok(None);
     };
-    let entry = match store
+    // Already stored (a replayed record): not checked again, since it
+    // applied once and the check would now see its own effect; appended
+    // again all the same, which stores nothing new but completes what a
+    // crash may have cut short (the conversation's last seq).
+    let stored = store
         .message_by_client_id(&change.from, &change.client_msg_id)
-        .await?
-    {
-        Some(stored) => stored,
+        .await?;
+    let entry = match stored {
+        Some(_) => {
+            let Some(appended) = append_run(store, std::slice::from_ref(&change))
+                .await?
+                .pop()
+            else {
+                return Ok(None);
+            };
+            appended.1.message
+        }
         None => {
             let target = store
                 .message_by_id(&change.conversation_id, &change.target_id)

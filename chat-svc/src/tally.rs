@@ -14,7 +14,7 @@ use parley::push::{Outgoing, Pusher};
 use parley::store::{Store, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// How often moved counts are sent: fast enough to read as live, slow
@@ -24,15 +24,22 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// Groups whose cursors are kept at most; beyond it they are forgotten and
 /// read again from the store as needed.
 const GROUPS_KEPT: usize = 1024;
+/// A group's cursors are read from the store again after this long, so an
+/// owner that lost its partition for a while and got it back does not
+/// count from what it knew before.
+const RELOAD_AFTER: Duration = Duration::from_secs(30);
 
 /// Cursor positions, highest first, each with how many members are at or
 /// past it.
 pub type Counts = Vec<(u64, usize)>;
 
+/// user → (delivered, read).
+type Positions = HashMap<String, (u64, u64)>;
+
 #[derive(Default)]
 struct State {
-    /// group → user → (delivered, read).
-    cursors: HashMap<String, HashMap<String, (u64, u64)>>,
+    /// group → (when read from the store, its members' positions).
+    cursors: HashMap<String, (Instant, Positions)>,
     /// Groups whose counts moved since the last flush, with their members.
     changed: HashMap<String, Vec<String>>,
 }
@@ -59,7 +66,11 @@ impl Tally {
         kind: ReceiptKind,
         seq: u64,
     ) -> Result<(), StoreError> {
-        let known = self.state().cursors.contains_key(group);
+        let known = self
+            .state()
+            .cursors
+            .get(group)
+            .is_some_and(|(loaded, _)| loaded.elapsed() < RELOAD_AFTER);
         if !known {
             let Some(c) = store.conversation(group).await? else {
                 return Ok(());
@@ -73,10 +84,12 @@ impl Tally {
             if state.cursors.len() >= GROUPS_KEPT {
                 state.cursors.clear();
             }
-            state.cursors.insert(group.to_owned(), loaded);
+            state
+                .cursors
+                .insert(group.to_owned(), (Instant::now(), loaded));
         }
         let mut state = self.state();
-        if let Some(cursors) = state.cursors.get_mut(group) {
+        if let Some((_, cursors)) = state.cursors.get_mut(group) {
             let (delivered, read) = cursors.entry(user.to_owned()).or_insert((0, 0));
             *delivered = (*delivered).max(seq);
             if kind == ReceiptKind::Read {
@@ -99,14 +112,17 @@ impl Tally {
     fn take_frames(&self) -> Vec<Outgoing> {
         let mut state = self.state();
         let changed = std::mem::take(&mut state.changed);
+        // A group whose cursors were forgotten since it changed is skipped:
+        // its next receipt reloads them and marks it again.
         changed
             .into_iter()
-            .map(|(group, members)| {
-                let (delivered, read) = counts(state.cursors.get(&group), &members);
-                Outgoing {
+            .filter_map(|(group, members)| {
+                let (_, cursors) = state.cursors.get(&group)?;
+                let (delivered, read) = counts(cursors, &members);
+                Some(Outgoing {
                     frame: server::receipt_counts(&group, members.len(), &delivered, &read).into(),
                     users: members,
-                }
+                })
             })
             .collect()
     }
@@ -134,10 +150,8 @@ impl Tally {
 
 /// For delivered and read: the members' distinct cursor positions with how
 /// many are at or past each (members without a cursor are at 0).
-fn counts(cursors: Option<&HashMap<String, (u64, u64)>>, members: &[String]) -> (Counts, Counts) {
-    let position = |m: &String, pick: fn(&(u64, u64)) -> u64| {
-        cursors.and_then(|c| c.get(m)).map(pick).unwrap_or(0)
-    };
+fn counts(cursors: &HashMap<String, (u64, u64)>, members: &[String]) -> (Counts, Counts) {
+    let position = |m: &String, pick: fn(&(u64, u64)) -> u64| cursors.get(m).map(pick).unwrap_or(0);
     let delivered = members.iter().map(|m| position(m, |c| c.0)).collect();
     let read = members.iter().map(|m| position(m, |c| c.1)).collect();
     (cumulative(delivered), cumulative(read))
@@ -173,7 +187,10 @@ mod tests {
         let tally = Tally::default();
         {
             let mut state = tally.state();
-            let group = state.cursors.entry("g".into()).or_default();
+            let (_, group) = state
+                .cursors
+                .entry("g".into())
+                .or_insert_with(|| (Instant::now(), HashMap::new()));
             group.insert("a".into(), (4, 2));
             group.insert("b".into(), (4, 4));
             group.insert("gone".into(), (9, 9));
@@ -192,6 +209,9 @@ mod tests {
             v["read"],
             serde_json::json!([{"up_to_seq": 4, "count": 1}, {"up_to_seq": 2, "count": 2}])
         );
+        assert!(tally.take_frames().is_empty());
+        // Forgotten cursors: no frame rather than counts of zero.
+        tally.changed("unknown", &members);
         assert!(tally.take_frames().is_empty());
     }
 }

@@ -477,6 +477,17 @@ pub async fn message_changes_apply_in_place(store: Arc<dyn Store>) {
     assert_eq!(found[0].id, stored.id);
 
     store.apply_change(&unlike).await.unwrap();
+    let taken_back = store
+        .message_by_id(&conversation, &stored.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let left: Vec<(&str, &str)> = taken_back
+        .reactions
+        .iter()
+        .map(|r| (r.emoji.as_str(), r.user_id.as_str()))
+        .collect();
+    assert_eq!(left, [("❤️", c.as_str())], "only Bob's 👍 was taken back");
     let delete = change(MessageKind::Delete, "d1", &a);
     store
         .append_messages(std::slice::from_ref(&delete))

@@ -747,7 +747,7 @@ impl Store for EmbeddedStore {
             for r in &receipts {
                 out.push(match advance_in(&txn, r, &mut last_seqs) {
                     Ok(moved) => moved,
-                    Err(StoreError::NoConversation(_)) => None,
+                    Err(StoreError::NoConversation(_) | StoreError::Corrupt(_)) => None,
                     Err(e) => return Err(e),
                 });
             }

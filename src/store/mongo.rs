@@ -17,7 +17,9 @@
 //!   message, so a lost one falls back to a scan and is written back).
 //! - `conversations` carry a `version`, raised by every group change and
 //!   matched by it (compare-and-set), since there are no transactions.
-//! - `conversations`: members and `last_seq`; `memberships`: `_id` = user
+//! - `conversations`: kind, name and members (written only under the
+//!   group lock); `seqs`: `_id` = conversation → `last_seq` (written only by
+//!   the partition owner; see `raise_last_seq`); `memberships`: `_id` = user
 //!   → the conversation ids the user is in; `cursors`: `_id` =
 //!   `<conversation>` → `d.<user>` and `r.<user>`, the delivered and read
 //!   seqs of every member, so a run of a group's receipts is one write.
@@ -390,7 +392,7 @@ impl MongoStore {
         // A membership written by a create that crashed before the
         // conversation points nowhere: skipped.
         Ok(self
-            .by_ids("conversations", ids)
+            .conversation_docs(ids)
             .await?
             .into_iter()
             .flatten()
@@ -437,15 +439,49 @@ impl MongoStore {
             .collect()
     }
 
+    /// `last_seq` lives in `seqs`, apart from the group's members: FerretDB
+    /// applies an update by rewriting the whole document, so a `$max` on
+    /// the conversation racing a group change could write back the old
+    /// member list (or the change an old `last_seq`). Each document now has
+    /// one writer: `seqs` the partition owner, `conversations` the group
+    /// lock's holder.
     async fn raise_last_seq(&self, conversation: &str, seq: u64) -> Result<(), StoreError> {
-        self.coll("conversations")
+        self.coll("seqs")
             .update_one(
                 doc! {"_id": conversation},
                 doc! {"$max": {"last_seq": seq_bson(seq)}},
             )
+            .upsert(true)
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    /// Conversation documents with their `last_seq` from `seqs` (the higher
+    /// of the two: databases written before `seqs` kept it in place).
+    async fn conversation_docs(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<Vec<Option<Document>>, StoreError> {
+        let (mut docs, seqs) = futures::try_join!(
+            self.by_ids("conversations", ids.clone()),
+            self.by_ids("seqs", ids)
+        )?;
+        for (d, s) in docs.iter_mut().zip(seqs) {
+            if let (Some(d), Some(s)) = (d.as_mut(), s) {
+                let seq = get_u64(d, "last_seq").max(get_u64(&s, "last_seq"));
+                d.insert("last_seq", seq_bson(seq));
+            }
+        }
+        Ok(docs)
+    }
+
+    async fn conversation_doc(&self, id: &str) -> Result<Option<Document>, StoreError> {
+        Ok(self
+            .conversation_docs(vec![id.to_owned()])
+            .await?
+            .pop()
+            .flatten())
     }
 }
 
@@ -460,7 +496,7 @@ impl SeqCounter {
         if let Some(seq) = self.0.get(conversation) {
             return Ok(*seq);
         }
-        let Some(doc) = store.by_id("conversations", conversation).await? else {
+        let Some(doc) = store.conversation_doc(conversation).await? else {
             return Err(StoreError::NoConversation(conversation.to_owned()));
         };
         let seq = store.stored_last_seq(&doc).await?;
@@ -622,14 +658,14 @@ impl Store for MongoStore {
     }
 
     async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
-        let Some(d) = self.by_id("conversations", id).await? else {
+        let Some(d) = self.conversation_doc(id).await? else {
             return Ok(None);
         };
         Ok(self.with_cursors(vec![d]).await?.pop())
     }
 
     async fn conversation_head(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
-        self.by_id("conversations", id)
+        self.conversation_doc(id)
             .await?
             .as_ref()
             .map(conversation_from)
@@ -744,11 +780,17 @@ impl Store for MongoStore {
             if written.matched_count == 0 {
                 continue;
             }
+            // The group is changed: a membership left behind by a failed
+            // pull is ignored by every reader (the group does not name the
+            // user), so it must not fail the change.
             for member in &removed {
-                self.coll("memberships")
+                if let Err(e) = self
+                    .coll("memberships")
                     .update_one(doc! {"_id": member}, doc! {"$pull": {"conversations": id}})
                     .await
-                    .map_err(unavailable)?;
+                {
+                    tracing::warn!(error = %e, %member, group = %id, "stale membership left behind");
+                }
             }
             return Ok(GroupChanged {
                 conversation: next,
@@ -759,19 +801,6 @@ impl Store for MongoStore {
         Err(StoreError::Unavailable(format!(
             "group {id} is changing too often; try again"
         )))
-    }
-
-    async fn is_member(&self, conversation: &str, user: &str) -> Result<bool, StoreError> {
-        // The user's own membership list, not the group's member list: a
-        // short document instead of up to hundreds of ids. It can say yes
-        // a moment longer than the group (removals update the group first),
-        // which only lets a leaving member's last receipt through.
-        let Some(membership) = self.by_id("memberships", user).await? else {
-            return Ok(false);
-        };
-        Ok(membership
-            .get_array("conversations")
-            .is_ok_and(|ids| ids.iter().any(|c| c.as_str() == Some(conversation))))
     }
 
     async fn message_by_id(
@@ -993,7 +1022,7 @@ impl Store for MongoStore {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
-        let Some(c) = self.by_id("conversations", conversation).await? else {
+        let Some(c) = self.conversation_doc(conversation).await? else {
             return Ok(Vec::new());
         };
         let last = get_u64(&c, "last_seq").min(after_seq.saturating_add(limit as u64));
@@ -1007,7 +1036,7 @@ impl Store for MongoStore {
         before_seq: u64,
         limit: usize,
     ) -> Result<Vec<ChatMessage>, StoreError> {
-        let Some(c) = self.by_id("conversations", conversation).await? else {
+        let Some(c) = self.conversation_doc(conversation).await? else {
             return Ok(Vec::new());
         };
         if limit == 0 {
@@ -1053,7 +1082,7 @@ impl Store for MongoStore {
         up_to_seq: u64,
     ) -> Result<Option<u64>, StoreError> {
         let c = self
-            .by_id("conversations", conversation)
+            .conversation_doc(conversation)
             .await?
             .ok_or_else(|| StoreError::NoConversation(conversation.to_owned()))?;
         let target = up_to_seq.min(get_u64(&c, "last_seq"));
@@ -1074,7 +1103,7 @@ impl Store for MongoStore {
         for r in receipts {
             if !last_seqs.contains_key(&r.conversation_id) {
                 let last = self
-                    .by_id("conversations", &r.conversation_id)
+                    .conversation_doc(&r.conversation_id)
                     .await?
                     .map(|c| get_u64(&c, "last_seq"));
                 last_seqs.insert(r.conversation_id.clone(), last);

@@ -441,8 +441,11 @@ async fn group_receipts_are_counted_not_sent_per_member() {
         counts["delivered"],
         json!([{"up_to_seq": 2, "count": 1}, {"up_to_seq": 1, "count": 2}])
     );
-    // Frames keep their order per session, so any per-member receipt for
-    // Alice would have come before these counts.
+    // The receipts were pushed in earlier batches than a message Bob sends
+    // now, and a session gets its frames in push order: any per-member
+    // receipt for Alice would have arrived before it.
+    post(&mut b, &id, "three").await;
+    got(&mut a, "three").await;
     assert!(
         a.pending()
             .iter()
@@ -458,6 +461,8 @@ async fn group_receipts_are_counted_not_sent_per_member() {
     assert_eq!(own["up_to_seq"], 2);
     let (_, list) = app.get("/api/conversations", Some(&bob.token)).await;
     assert_eq!(list["conversations"][0]["unread"], 0);
+    // Carol read "one": "two" and Bob's "three" are unread; Bob's own
+    // message is not unread for him.
     let (_, list) = app.get("/api/conversations", Some(&carol.token)).await;
-    assert_eq!(list["conversations"][0]["unread"], 1);
+    assert_eq!(list["conversations"][0]["unread"], 2);
 }
