@@ -502,6 +502,17 @@ pub async fn message_changes_apply_in_place(store: Arc<dyn Store>) {
         .unwrap();
     assert!(tomb.deleted);
     assert_eq!((tomb.seq, tomb.body.as_str()), (1, ""));
+    let edit_entry = store
+        .messages_after(&conversation, 1, 1)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (edit_entry.kind, edit_entry.body.as_str()),
+        (MessageKind::Edit as i32, ""),
+        "a deleted message's edited text is still readable"
+    );
     assert!(tomb.reactions.is_empty());
     assert!(
         store

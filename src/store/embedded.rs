@@ -509,6 +509,21 @@ impl Store for EmbeddedStore {
                 stored
                     .insert(key, target.encode_to_vec().as_slice())
                     .map_err(unavailable)?;
+                if target.deleted {
+                    for seq in &target.edit_seqs {
+                        let at = (change.conversation_id.as_str(), *seq);
+                        let edit: Option<ChatMessage> = match stored.get(at).map_err(unavailable)? {
+                            Some(raw) => Some(decode(raw.value())?),
+                            None => None,
+                        };
+                        if let Some(mut edit) = edit {
+                            edit.body.clear();
+                            stored
+                                .insert(at, edit.encode_to_vec().as_slice())
+                                .map_err(unavailable)?;
+                        }
+                    }
+                }
             }
             txn.commit().map_err(unavailable)
         })

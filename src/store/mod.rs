@@ -162,6 +162,9 @@ pub fn apply_message_change(target: &mut ChatMessage, change: &ChatMessage) {
         MessageKind::Edit => {
             target.body = change.body.clone();
             target.edited_at_ms = change.sent_at_ms;
+            if !target.edit_seqs.contains(&change.seq) {
+                target.edit_seqs.push(change.seq);
+            }
         }
         MessageKind::Delete => {
             target.deleted = true;
@@ -252,7 +255,9 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
     ) -> Result<Option<ChatMessage>, StoreError>;
     /// Applies a stored change entry to its target (`target_seq`) in place
-    /// with [`apply_message_change`]. Called only by the partition owner.
+    /// with [`apply_message_change`]; a deletion also blanks the text of
+    /// the message's edit entries (`edit_seqs`). Called only by the
+    /// partition owner.
     async fn apply_change(&self, change: &ChatMessage) -> Result<(), StoreError>;
     /// Up to `limit` messages with `seq > after_seq`, oldest first.
     async fn messages_after(

@@ -185,6 +185,10 @@ fn message_doc(m: &ChatMessage) -> Document {
     if m.deleted {
         d.insert("deleted", true);
     }
+    if !m.edit_seqs.is_empty() {
+        let seqs: Vec<i64> = m.edit_seqs.iter().map(|s| seq_bson(*s)).collect();
+        d.insert("edit_seqs", seqs);
+    }
     if !m.reactions.is_empty() {
         let reactions: Vec<Document> = m
             .reactions
@@ -226,6 +230,17 @@ fn message_from(d: &Document) -> Result<ChatMessage, StoreError> {
         edited_at_ms: get_i64(d, "edited_at"),
         deleted: d.get_bool("deleted").unwrap_or(false),
         reactions,
+        edit_seqs: match d.get_array("edit_seqs") {
+            Ok(list) => list
+                .iter()
+                .filter_map(|v| match v {
+                    Bson::Int64(n) => u64::try_from(*n).ok(),
+                    Bson::Int32(n) => u64::try_from(*n).ok(),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        },
     })
 }
 
@@ -854,6 +869,17 @@ impl Store for MongoStore {
             .replace_one(doc! {"_id": &key}, message_doc(&target))
             .await
             .map_err(unavailable)?;
+        if target.deleted {
+            for seq in &target.edit_seqs {
+                self.coll("messages")
+                    .update_one(
+                        doc! {"_id": message_key(&change.conversation_id, *seq)},
+                        doc! {"$set": {"body": ""}},
+                    )
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
         Ok(())
     }
 
