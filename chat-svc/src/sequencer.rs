@@ -182,6 +182,18 @@ async fn process(chat: &Chat, cursors: &mut Tally, batch: &[Record]) -> Result<(
                 }
             }
             Step::Receipts(run) => {
+                // The authoritative membership check: `mark` answered from
+                // a cache or a membership list that may lag the group.
+                let mut kept = Vec::with_capacity(run.len());
+                for receipt in run {
+                    if conversation_members(store, &mut members, &receipt.conversation_id)
+                        .await?
+                        .is_some_and(|users| users.contains(&receipt.user_id))
+                    {
+                        kept.push(receipt);
+                    }
+                }
+                let run = kept;
                 let moved = store.advance_cursors(&run).await?;
                 for (receipt, moved) in run.into_iter().zip(moved) {
                     let Some(up_to_seq) = moved else { continue };

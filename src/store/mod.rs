@@ -220,7 +220,9 @@ pub trait Store: Send + Sync + 'static {
     async fn conversations_of(&self, user: &str) -> Result<Vec<Conversation>, StoreError>;
     /// Whether `user` is a member of `conversation` (false when it does
     /// not exist): the check on every receipt, which in a large group
-    /// should not cost decoding its member list.
+    /// should not cost decoding its member list. A store that keeps each
+    /// user's memberships apart may answer yes for a moment after a
+    /// removal; the sequencer checks receipts against the group itself.
     async fn is_member(&self, conversation: &str, user: &str) -> Result<bool, StoreError> {
         Ok(self
             .conversation_head(conversation)
