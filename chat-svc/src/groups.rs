@@ -155,7 +155,8 @@ impl Chat {
                 self.max_group_members,
             )
             .await;
-        if let Err(e) = self.backends.registry.release(&lock).await {
+        let (key, token) = lock;
+        if let Err(e) = self.backends.registry.release_if(&key, &token).await {
             tracing::warn!(error = %e, "group lock not released; it expires");
         }
         let changed = changed?;
@@ -169,8 +170,12 @@ impl Chat {
         Ok(changed.conversation)
     }
 
-    /// Waits for the group's lock; answers its key, to release.
-    async fn lock_group(&self, conversation: &ConversationId) -> Result<String, ApiError> {
+    /// Waits for the group's lock; answers its key and this holder's
+    /// token, to release it (only while it is still ours).
+    async fn lock_group(
+        &self,
+        conversation: &ConversationId,
+    ) -> Result<(String, String), ApiError> {
         let key = format!("group-lock:{conversation}");
         let token = parley::ids::new_session_id();
         let registry = &self.backends.registry;
@@ -185,7 +190,7 @@ impl Chat {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
         }
-        Ok(key)
+        Ok((key, token))
     }
 
     async fn all_exist(&self, ids: &[String]) -> Result<(), ApiError> {

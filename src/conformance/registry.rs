@@ -157,6 +157,11 @@ pub async fn claims_are_exclusive(registry: Arc<dyn Registry>) {
             .as_deref(),
         Some("settled")
     );
+    // Only the holder's token releases it.
+    assert!(!registry.release_if(&key, "not-mine").await.unwrap());
+    assert!(registry.release_if(&key, "settled").await.unwrap());
+    assert!(!registry.release_if(&key, "settled").await.unwrap());
+    assert_eq!(registry.claim(&key, "again", ttl).await.unwrap(), None);
     registry.release(&key).await.unwrap();
     assert_eq!(
         registry

@@ -226,6 +226,18 @@ impl Registry for MemoryRegistry {
         Ok(())
     }
 
+    async fn release_if(&self, key: &str, value: &str) -> Result<bool, RegistryError> {
+        let now = Instant::now();
+        let mut state = self.lock()?;
+        match state.claims.get(key) {
+            Some((held, expiry)) if held == value && *expiry > now => {
+                state.claims.remove(key);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn hit(&self, key: &str, window: Duration) -> Result<u64, RegistryError> {
         let index = super::window_index(crate::time::now_ms(), window);
         let mut state = self.lock()?;

@@ -104,6 +104,10 @@ pub trait Registry: Send + Sync + 'static {
     async fn settle(&self, key: &str, value: &str, ttl: Duration) -> Result<(), RegistryError>;
     /// Drops a claim, so a failed operation can be retried.
     async fn release(&self, key: &str) -> Result<(), RegistryError>;
+    /// Drops a claim only while it still holds `value`: a lock released by
+    /// its owner, never by someone who outlived its TTL (the claim may be
+    /// another owner's by then). Answers whether it was dropped.
+    async fn release_if(&self, key: &str, value: &str) -> Result<bool, RegistryError>;
 
     /// Counts one event for `key` in the current fixed `window` (shared by
     /// every process using this registry); answers the count so far in it.

@@ -399,6 +399,22 @@ impl Registry for RedisRegistry {
             .map_err(unavailable)
     }
 
+    async fn release_if(&self, key: &str, value: &str) -> Result<bool, RegistryError> {
+        // Compare and delete in one step, on the server.
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+               return redis.call('DEL', KEYS[1]) \
+             else return 0 end",
+        );
+        let dropped: i64 = script
+            .key(self.key(&["claim", key]))
+            .arg(value)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(dropped == 1)
+    }
+
     async fn hit(&self, key: &str, window: Duration) -> Result<u64, RegistryError> {
         let index = super::window_index(now_ms(), window);
         let counter = self.key(&["rate", key, &index.to_string()]);
