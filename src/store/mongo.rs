@@ -393,17 +393,50 @@ impl MongoStore {
         Ok(conversations)
     }
 
-    /// The conversation documents `user` is a member of.
-    async fn conversation_docs_of(&self, user: &str) -> Result<Vec<Document>, StoreError> {
+    /// The conversation ids in `user`'s membership list (which may name a
+    /// conversation that does not, or no longer, name the user).
+    async fn membership_ids(&self, user: &str) -> Result<Vec<String>, StoreError> {
         let Some(membership) = self.by_id("memberships", user).await? else {
             return Ok(Vec::new());
         };
-        let ids: Vec<String> = membership
+        Ok(membership
             .get_array("conversations")
             .map_err(|_| corrupt("membership without conversations"))?
             .iter()
             .filter_map(|c| c.as_str().map(str::to_owned))
-            .collect();
+            .collect())
+    }
+
+    /// Adds `conversation` to each user's membership list, a few at a
+    /// time. Written before the conversation names them: a membership the
+    /// conversation does not confirm is ignored by every reader.
+    async fn add_memberships(
+        &self,
+        users: &[String],
+        conversation: &str,
+    ) -> Result<(), StoreError> {
+        // Owned items: a stream of borrows trips the async-trait futures'
+        // lifetime inference.
+        stream::iter(users.to_vec())
+            .map(|member| async move {
+                self.coll("memberships")
+                    .update_one(
+                        doc! {"_id": member},
+                        doc! {"$addToSet": {"conversations": conversation}},
+                    )
+                    .upsert(true)
+                    .await
+                    .map(|_| ())
+                    .map_err(unavailable)
+            })
+            .buffer_unordered(LOOKUPS_IN_FLIGHT)
+            .try_collect::<()>()
+            .await
+    }
+
+    /// The conversation documents `user` is a member of.
+    async fn conversation_docs_of(&self, user: &str) -> Result<Vec<Document>, StoreError> {
+        let ids = self.membership_ids(user).await?;
         // A membership written by a create that crashed before the
         // conversation points nowhere: skipped.
         Ok(self
@@ -637,16 +670,7 @@ impl Store for MongoStore {
         members.dedup();
         // Memberships first: a crash before the conversation is written
         // leaves ids that point nowhere, and the next attempt completes it.
-        for member in &members {
-            self.coll("memberships")
-                .update_one(
-                    doc! {"_id": member},
-                    doc! {"$addToSet": {"conversations": id}},
-                )
-                .upsert(true)
-                .await
-                .map_err(unavailable)?;
-        }
+        self.add_memberships(&members, id).await?;
         let result = self
             .coll("conversations")
             .update_one(
@@ -706,25 +730,7 @@ impl Store for MongoStore {
 
     async fn create_group(&self, group: &Conversation) -> Result<(), StoreError> {
         // Memberships first, as for a direct conversation.
-        let id = group.id.clone();
-        stream::iter(group.members.clone())
-            .map(|member| {
-                let id = id.clone();
-                async move {
-                    self.coll("memberships")
-                        .update_one(
-                            doc! {"_id": member},
-                            doc! {"$addToSet": {"conversations": id}},
-                        )
-                        .upsert(true)
-                        .await
-                        .map(|_| ())
-                        .map_err(unavailable)
-                }
-            })
-            .buffer_unordered(LOOKUPS_IN_FLIGHT)
-            .try_collect::<()>()
-            .await?;
+        self.add_memberships(&group.members, &group.id).await?;
         self.coll("conversations")
             .insert_one(doc! {
                 "_id": &group.id,
@@ -750,7 +756,9 @@ impl Store for MongoStore {
         // Compare-and-set on `version`: a concurrent change makes the write
         // match nothing, and it is recomputed on the newer group.
         for _ in 0..32 {
-            let Some(d) = self.by_id("conversations", id).await? else {
+            // With `last_seq` from `seqs`, so the group the change answers
+            // (and announces) has its real last seq.
+            let Some(d) = self.conversation_doc(id).await? else {
                 return Err(StoreError::NoConversation(id.to_owned()));
             };
             let current = conversation_from(&d)?;
@@ -763,23 +771,14 @@ impl Store for MongoStore {
                 });
             };
             let version = get_i64(&d, "version");
-            // Added members' memberships before the group names them (a
-            // membership the group does not confirm is ignored).
-            let added: Vec<&String> = next
+            // Added members' memberships before the group names them.
+            let added: Vec<String> = next
                 .members
                 .iter()
                 .filter(|m| !current.members.contains(m))
+                .cloned()
                 .collect();
-            for member in added {
-                self.coll("memberships")
-                    .update_one(
-                        doc! {"_id": member},
-                        doc! {"$addToSet": {"conversations": id}},
-                    )
-                    .upsert(true)
-                    .await
-                    .map_err(unavailable)?;
-            }
+            self.add_memberships(&added, id).await?;
             let written = self
                 .coll("conversations")
                 .update_one(
@@ -825,12 +824,11 @@ impl Store for MongoStore {
         // benchmark). It may say yes a moment longer than the group (a
         // removal updates the group first); the sequencer checks receipts
         // against the group itself.
-        let Some(membership) = self.by_id("memberships", user).await? else {
-            return Ok(false);
-        };
-        Ok(membership
-            .get_array("conversations")
-            .is_ok_and(|ids| ids.iter().any(|c| c.as_str() == Some(conversation))))
+        Ok(self
+            .membership_ids(user)
+            .await?
+            .iter()
+            .any(|c| c == conversation))
     }
 
     async fn message_by_id(
