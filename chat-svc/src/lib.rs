@@ -21,6 +21,7 @@ pub mod conversations;
 pub mod groups;
 pub mod grpc;
 pub mod notifier;
+pub mod periodic;
 pub mod receipts;
 pub mod sequencer;
 pub mod tally;

@@ -64,18 +64,11 @@ impl ReceiptQueue {
         bus: Arc<dyn EventBus>,
         shutdown: CancellationToken,
     ) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let stopping = tokio::select! {
-                _ = tick.tick() => false,
-                () = shutdown.cancelled() => true,
-            };
-            self.flush(bus.as_ref()).await;
-            if stopping {
-                return;
-            }
-        }
+        crate::periodic::every(every, shutdown, || {
+            let (queue, bus) = (self.clone(), bus.clone());
+            async move { queue.flush(bus.as_ref()).await }
+        })
+        .await;
     }
 
     async fn flush(&self, bus: &dyn EventBus) {

@@ -130,21 +130,15 @@ impl Tally {
     /// Sends the changed counts every `every` until `shutdown`, then once
     /// more.
     pub async fn flush_every(self, every: Duration, pusher: Pusher, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let stopping = tokio::select! {
-                _ = tick.tick() => false,
-                () = shutdown.cancelled() => true,
-            };
-            let frames = self.take_frames();
-            if !frames.is_empty() {
-                pusher.push(frames).await;
+        crate::periodic::every(every, shutdown, || {
+            let (frames, pusher) = (self.take_frames(), pusher.clone());
+            async move {
+                if !frames.is_empty() {
+                    pusher.push(frames).await;
+                }
             }
-            if stopping {
-                return;
-            }
-        }
+        })
+        .await;
     }
 }
 
