@@ -5,12 +5,6 @@
 use crate::helpers::*;
 use serde_json::{Value, json};
 
-/// Sends a frame with a fresh `ref`; answers the `ack` or `error`.
-async fn ask(ws: &mut Ws, frame: Value) -> Value {
-    let reference = format!("r-{}", &parley::ids::new_session_id()[..8]);
-    ws.request(frame, &reference).await
-}
-
 async fn create_group(ws: &mut Ws, name: &str, members: &[&TestUser]) -> Value {
     let ids: Vec<&str> = members.iter().map(|u| u.id.as_str()).collect();
     let reply = ask(
@@ -22,18 +16,6 @@ async fn create_group(ws: &mut Ws, name: &str, members: &[&TestUser]) -> Value {
     reply["conversation"].clone()
 }
 
-/// Sends into a conversation by id; answers the ack's `message`.
-pub async fn post(ws: &mut Ws, conversation: &str, body: &str) -> Value {
-    let cmid = parley::ids::new_session_id();
-    let reply = ask(
-        ws,
-        json!({"type": "send_message", "conversation_id": conversation, "client_msg_id": cmid, "body": body}),
-    )
-    .await;
-    assert_eq!(reply["type"], "ack", "{reply}");
-    reply["message"].clone()
-}
-
 async fn got(ws: &mut Ws, body: &str) -> Value {
     ws.expect_where(|v| v["type"] == "new_message" && v["message"]["body"] == body)
         .await
@@ -42,11 +24,6 @@ async fn got(ws: &mut Ws, body: &str) -> Value {
 async fn updated(ws: &mut Ws, change: &str) -> Value {
     ws.expect_where(|v| v["type"] == "conversation_updated" && v["change"] == change)
         .await
-}
-
-fn error_code(reply: &Value) -> &str {
-    assert_eq!(reply["type"], "error", "{reply}");
-    reply["code"].as_str().unwrap()
 }
 
 fn member_ids(conversation: &Value) -> Vec<String> {

@@ -344,3 +344,27 @@ impl Ws {
         &self.pending
     }
 }
+
+/// Sends a frame with a fresh `ref`; answers the `ack` or `error`.
+pub async fn ask(ws: &mut Ws, frame: Value) -> Value {
+    let reference = format!("r-{}", &parley::ids::new_session_id()[..8]);
+    ws.request(frame, &reference).await
+}
+
+/// Sends into a conversation by id; answers the ack's `message`.
+pub async fn post(ws: &mut Ws, conversation: &str, body: &str) -> Value {
+    let cmid = parley::ids::new_session_id();
+    let reply = ask(
+        ws,
+        json!({"type": "send_message", "conversation_id": conversation, "client_msg_id": cmid, "body": body}),
+    )
+    .await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    reply["message"].clone()
+}
+
+/// The code of an `error` reply (failing when it is not one).
+pub fn error_code(reply: &Value) -> &str {
+    assert_eq!(reply["type"], "error", "{reply}");
+    reply["code"].as_str().unwrap()
+}

@@ -3,19 +3,8 @@
 //! message stays as a tombstone), and a change that is not allowed is
 //! refused with nothing stored and nothing fanned out.
 
-use crate::groups::post;
 use crate::helpers::*;
 use serde_json::{Value, json};
-
-async fn ask(ws: &mut Ws, frame: Value) -> Value {
-    let reference = format!("r-{}", &parley::ids::new_session_id()[..8]);
-    ws.request(frame, &reference).await
-}
-
-fn error_code(reply: &Value) -> &str {
-    assert_eq!(reply["type"], "error", "{reply}");
-    reply["code"].as_str().unwrap()
-}
 
 async fn arrived(ws: &mut Ws, id: &Value) -> Value {
     ws.expect_where(|v| v["type"] == "new_message" && v["message"]["id"] == *id)
