@@ -235,6 +235,40 @@ async fn chat(url: &str, pairs: usize, messages: usize, window: usize) -> anyhow
     Ok(())
 }
 
+/// Sends `messages` frames made by `frame(index, µs since start)`, keeping
+/// `window` unacknowledged; answers when each was sent (µs since `start`).
+async fn send_window(
+    ws: &mut Socket,
+    messages: usize,
+    window: usize,
+    start: Instant,
+    frame: impl Fn(usize, u64) -> Value,
+) -> anyhow::Result<Vec<u64>> {
+    let mut sent_at = Vec::with_capacity(messages);
+    let mut acked = 0usize;
+    while acked < messages {
+        while sent_at.len() < messages && sent_at.len() - acked < window.max(1) {
+            let micros = start.elapsed().as_micros() as u64;
+            let text = frame(sent_at.len(), micros).to_string();
+            sent_at.push(micros);
+            ws.send(Message::Text(text.into())).await?;
+        }
+        let Some(reply) = ws.next().await else {
+            bail!("sender socket closed");
+        };
+        if let Message::Text(t) = reply? {
+            let v: Value = serde_json::from_str(&t)?;
+            match v["type"].as_str() {
+                Some("ack") => acked += 1,
+                Some("error") => bail!("send refused: {v}"),
+                _ => {}
+            }
+        }
+    }
+    Ok(sent_at)
+}
+
+/// 1:1 sends; the body carries the send time, read by the receiver.
 async fn send(
     mut ws: Socket,
     to: String,
@@ -242,34 +276,12 @@ async fn send(
     window: usize,
     start: Instant,
 ) -> anyhow::Result<()> {
-    let mut in_flight = 0usize;
-    let mut sent = 0usize;
-    let mut acked = 0usize;
-    while acked < messages {
-        while sent < messages && in_flight < window.max(1) {
-            let micros = start.elapsed().as_micros();
-            let frame = json!({"type": "send_message", "ref": sent.to_string(), "to": to,
-                "client_msg_id": format!("c{sent}"), "body": format!("{micros}")});
-            ws.send(Message::Text(frame.to_string().into())).await?;
-            sent += 1;
-            in_flight += 1;
-        }
-        let Some(frame) = ws.next().await else {
-            bail!("sender socket closed");
-        };
-        if let Message::Text(t) = frame? {
-            let v: Value = serde_json::from_str(&t)?;
-            match v["type"].as_str() {
-                Some("ack") => {
-                    acked += 1;
-                    in_flight -= 1;
-                }
-                Some("error") => bail!("send refused: {v}"),
-                _ => {}
-            }
-        }
-    }
-    Ok(())
+    send_window(&mut ws, messages, window, start, |i, micros| {
+        json!({"type": "send_message", "ref": i.to_string(), "to": to,
+            "client_msg_id": format!("c{i}"), "body": micros.to_string()})
+    })
+    .await
+    .map(|_| ())
 }
 
 async fn receive(
@@ -371,7 +383,12 @@ async fn group(
         })
         .collect();
     let began = start.elapsed().as_micros() as u64;
-    let sends = send_to_group(sender, &conversation, messages, window, start).await?;
+    let sends = send_window(&mut sender, messages, window, start, |i, _| {
+        json!({"type": "send_message", "ref": format!("m{i}"),
+            "conversation_id": conversation, "client_msg_id": format!("g{i}"),
+            "body": i.to_string()})
+    })
+    .await?;
     for r in receivers {
         r.await??;
     }
@@ -410,42 +427,6 @@ async fn group(
         arrivals.repeats.load(Ordering::Relaxed),
     );
     Ok(())
-}
-
-/// Sends `messages` to the group with `window` unacknowledged; answers
-/// when each was sent (µs since `start`), by index.
-async fn send_to_group(
-    mut ws: Socket,
-    conversation: &str,
-    messages: usize,
-    window: usize,
-    start: Instant,
-) -> anyhow::Result<Vec<u64>> {
-    let mut sent_at = Vec::with_capacity(messages);
-    let mut acked = 0usize;
-    while acked < messages {
-        while sent_at.len() < messages && sent_at.len() - acked < window.max(1) {
-            let i = sent_at.len();
-            let micros = start.elapsed().as_micros() as u64;
-            sent_at.push(micros);
-            let frame = json!({"type": "send_message", "ref": format!("m{i}"),
-                "conversation_id": conversation, "client_msg_id": format!("g{i}"),
-                "body": i.to_string()});
-            ws.send(Message::Text(frame.to_string().into())).await?;
-        }
-        let Some(frame) = ws.next().await else {
-            bail!("sender socket closed");
-        };
-        if let Message::Text(t) = frame? {
-            let v: Value = serde_json::from_str(&t)?;
-            match v["type"].as_str() {
-                Some("ack") => acked += 1,
-                Some("error") => bail!("send refused: {v}"),
-                _ => {}
-            }
-        }
-    }
-    Ok(sent_at)
 }
 
 /// One member: records when each message of the group arrives, and marks
