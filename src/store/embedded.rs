@@ -88,6 +88,19 @@ fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, StoreError> {
     M::decode(bytes).map_err(corrupt)
 }
 
+/// The message stored at `(conversation, seq)`, if any: the second step of
+/// every lookup through an index (by client id, by message id).
+fn message_at(
+    messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    conversation: &str,
+    seq: u64,
+) -> Result<Option<ChatMessage>, StoreError> {
+    match messages.get((conversation, seq)).map_err(unavailable)? {
+        Some(raw) => Ok(Some(decode(raw.value())?)),
+        None => Ok(None),
+    }
+}
+
 fn read_conversation(
     txn: &redb::ReadTransaction,
     id: &str,
@@ -483,13 +496,7 @@ impl Store for EmbeddedStore {
                 return Ok(None);
             };
             let stored = txn.open_table(MESSAGES).map_err(unavailable)?;
-            match stored
-                .get((conversation.as_str(), seq))
-                .map_err(unavailable)?
-            {
-                Some(raw) => Ok(Some(decode(raw.value())?)),
-                None => Ok(None),
-            }
+            message_at(&stored, &conversation, seq)
         })
         .await
     }
@@ -500,26 +507,22 @@ impl Store for EmbeddedStore {
             let txn = db.begin_write().map_err(unavailable)?;
             {
                 let mut stored = txn.open_table(MESSAGES).map_err(unavailable)?;
-                let key = (change.conversation_id.as_str(), change.target_seq);
-                let mut target: ChatMessage = match stored.get(key).map_err(unavailable)? {
-                    Some(raw) => decode(raw.value())?,
-                    None => return Err(corrupt("a change targets a message that is not stored")),
-                };
+                let conversation = change.conversation_id.as_str();
+                let mut target = message_at(&stored, conversation, change.target_seq)?
+                    .ok_or_else(|| corrupt("a change targets a message that is not stored"))?;
                 apply_message_change(&mut target, &change);
                 stored
-                    .insert(key, target.encode_to_vec().as_slice())
+                    .insert(
+                        (conversation, change.target_seq),
+                        target.encode_to_vec().as_slice(),
+                    )
                     .map_err(unavailable)?;
                 if target.deleted {
                     for seq in &target.edit_seqs {
-                        let at = (change.conversation_id.as_str(), *seq);
-                        let edit: Option<ChatMessage> = match stored.get(at).map_err(unavailable)? {
-                            Some(raw) => Some(decode(raw.value())?),
-                            None => None,
-                        };
-                        if let Some(mut edit) = edit {
+                        if let Some(mut edit) = message_at(&stored, conversation, *seq)? {
                             edit.body.clear();
                             stored
-                                .insert(at, edit.encode_to_vec().as_slice())
+                                .insert((conversation, *seq), edit.encode_to_vec().as_slice())
                                 .map_err(unavailable)?;
                         }
                     }
@@ -628,10 +631,7 @@ impl Store for EmbeddedStore {
             };
             let (conversation, seq) = at.value();
             let stored = txn.open_table(MESSAGES).map_err(unavailable)?;
-            match stored.get((conversation, seq)).map_err(unavailable)? {
-                Some(raw) => Ok(Some(decode(raw.value())?)),
-                None => Ok(None),
-            }
+            message_at(&stored, conversation, seq)
         })
         .await
     }
