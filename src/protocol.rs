@@ -300,34 +300,23 @@ pub mod server {
     /// with the change's own `seq` (so a client's sync cursor moves past
     /// it) and `message_id`, the message it changed.
     pub fn entry(m: &proto::ChatMessage) -> String {
-        let common = |kind: &str| {
-            json!({
-                "type": kind,
-                "conversation_id": m.conversation_id,
-                "message_id": m.target_id,
-                "seq": m.seq,
-                "by": m.from,
-                "at": m.sent_at_ms,
-                "id": m.id,
-            })
-        };
-        let mut value = match kind_of(m) {
+        let (kind, extra) = match kind_of(m) {
             proto::MessageKind::Message => return new_message(m),
-            proto::MessageKind::Edit => common("message_edited"),
-            proto::MessageKind::Delete => common("message_deleted"),
-            proto::MessageKind::Reaction => common("reaction"),
+            proto::MessageKind::Edit => ("message_edited", json!({"body": m.body})),
+            proto::MessageKind::Delete => ("message_deleted", json!({})),
+            proto::MessageKind::Reaction => ("reaction", json!({"emoji": m.emoji, "on": m.on})),
         };
-        if let Some(obj) = value.as_object_mut() {
-            match kind_of(m) {
-                proto::MessageKind::Edit => {
-                    obj.insert("body".into(), json!(m.body));
-                }
-                proto::MessageKind::Reaction => {
-                    obj.insert("emoji".into(), json!(m.emoji));
-                    obj.insert("on".into(), json!(m.on));
-                }
-                _ => {}
-            }
+        let mut value = json!({
+            "type": kind,
+            "conversation_id": m.conversation_id,
+            "message_id": m.target_id,
+            "seq": m.seq,
+            "by": m.from,
+            "at": m.sent_at_ms,
+            "id": m.id,
+        });
+        if let (Some(obj), Value::Object(extra)) = (value.as_object_mut(), extra) {
+            obj.extend(extra);
         }
         encode(value)
     }
