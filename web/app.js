@@ -302,7 +302,6 @@ function afterSync(ref) {
 
 function onNewMessage(m) {
   if (!m) return;
-  if (m.kind) return onHistoryChange(m);
   const mine = m.from === state.me.id;
   const conv = state.convs.get(m.conversation_id);
   bumpLastSeq(m.conversation_id, m.seq);
@@ -343,11 +342,6 @@ function onChange(f, apply) {
     apply(target);
     renderMessages();
   }
-}
-
-// A change as a history entry: its message already shows it.
-function onHistoryChange(m) {
-  bumpLastSeq(m.conversation_id, m.seq);
 }
 
 function toggleReaction(m, emoji, by, on) {
