@@ -303,23 +303,7 @@ pub trait Store: Send + Sync + 'static {
     async fn advance_cursors(
         &self,
         receipts: &[ReceiptEvent],
-    ) -> Result<Vec<Option<u64>>, StoreError> {
-        let mut out = Vec::with_capacity(receipts.len());
-        for r in receipts {
-            let kind = ReceiptKind::try_from(r.kind).unwrap_or(ReceiptKind::Unspecified);
-            out.push(
-                match self
-                    .advance_cursor(&r.conversation_id, &r.user_id, kind, r.up_to_seq)
-                    .await
-                {
-                    Ok(moved) => moved,
-                    Err(StoreError::NoConversation(_) | StoreError::Corrupt(_)) => None,
-                    Err(e) => return Err(e),
-                },
-            );
-        }
-        Ok(out)
-    }
+    ) -> Result<Vec<Option<u64>>, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
 }
