@@ -81,9 +81,11 @@ mod embedded_store_checks {
         appends_are_sequenced_and_idempotent,
         history_pages_by_seq,
         cursors_move_forward_only,
+        first_messages_race,
         search_finds_messages_in_given_conversations,
         groups_change_atomically,
         concurrent_group_changes_keep_the_limit,
+        one_user_starts_conversations_at_once,
         message_changes_apply_in_place
     );
 
@@ -194,6 +196,7 @@ mod mongo_store_checks {
         appends_are_sequenced_and_idempotent,
         history_pages_by_seq,
         cursors_move_forward_only,
+        first_messages_race,
         search_finds_messages_in_given_conversations,
         groups_change_atomically,
         message_changes_apply_in_place

@@ -70,9 +70,9 @@ impl Drop for Restart {
 }
 
 /// Sends one message from a fresh session of `user`; answers the ack's
-/// message, or `None` when the join or the send is refused with
+/// message, or the refusal when the join or the send is refused with
 /// `unavailable` (during an outage, joining needs the store too).
-async fn try_send(app: &TestApp, user: &TestUser, to: &str, n: usize) -> Option<Value> {
+async fn try_send(app: &TestApp, user: &TestUser, to: &str, n: usize) -> Result<Value, Value> {
     let mut ws = app.raw_ws().await;
     ws.send(json!({"type": "join", "token": user.token})).await;
     let joined = ws
@@ -83,7 +83,7 @@ async fn try_send(app: &TestApp, user: &TestUser, to: &str, n: usize) -> Option<
             joined["code"], "unavailable",
             "join refused otherwise: {joined}"
         );
-        return None;
+        return Err(joined);
     }
     let reply = ws
         .request(
@@ -92,29 +92,34 @@ async fn try_send(app: &TestApp, user: &TestUser, to: &str, n: usize) -> Option<
         )
         .await;
     match reply["type"].as_str() {
-        Some("ack") => Some(reply["message"].clone()),
+        Some("ack") => Ok(reply["message"].clone()),
         _ => {
             assert_eq!(reply["code"], "unavailable", "refused otherwise: {reply}");
-            None
+            Err(reply)
         }
     }
 }
 
 /// Sends `count` messages at once (one session each: an edge handles one
-/// connection's frames in order, and each may wait out a timeout).
+/// connection's frames in order, and each may wait out a timeout). Answers
+/// the acked messages and the refusals.
 async fn send_burst(
     app: &TestApp,
     user: &TestUser,
     to: &str,
     from: usize,
     count: usize,
-) -> Vec<Value> {
+) -> (Vec<Value>, Vec<Value>) {
     let sends = (from..from + count).map(|n| try_send(app, user, to, n));
-    futures::future::join_all(sends)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+    let mut acked = Vec::new();
+    let mut refused = Vec::new();
+    for outcome in futures::future::join_all(sends).await {
+        match outcome {
+            Ok(message) => acked.push(message),
+            Err(refusal) => refused.push(refusal),
+        }
+    }
+    (acked, refused)
 }
 
 /// Waits until `ws` has seen every id in `acked` (pushed or synced).
@@ -172,10 +177,12 @@ async fn outage(service: &'static str) {
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let mut acked: BTreeSet<String> = BTreeSet::new();
-    for m in send_burst(&app, &alice, &bob.id, 0, 5).await {
-        acked.insert(m["id"].as_str().unwrap().to_owned());
-    }
-    assert_eq!(acked.len(), 5, "sends failed before the outage");
+    let (before, refused) = send_burst(&app, &alice, &bob.id, 0, 5).await;
+    assert!(
+        refused.is_empty(),
+        "sends refused before the outage: {refused:?}"
+    );
+    acked.extend(before.iter().map(|m| m["id"].as_str().unwrap().to_owned()));
     // Mid-run means a running system: the sequencer has joined its group
     // and stored what was sent so far before the engine goes away.
     let mut b = app.connect(&bob).await;
@@ -184,7 +191,7 @@ async fn outage(service: &'static str) {
 
     let _restart = Restart(service);
     stop(service).await;
-    let during = send_burst(&app, &alice, &bob.id, 5, 5).await;
+    let (during, _) = send_burst(&app, &alice, &bob.id, 5, 5).await;
     acked.extend(during.iter().map(|m| m["id"].as_str().unwrap().to_owned()));
     ready_becomes(&app, 503).await;
     infra(&["up", service]).await;
@@ -193,7 +200,7 @@ async fn outage(service: &'static str) {
     // Back: sends succeed again (after the clients reconnect).
     let mut after = 0;
     for n in 10..60 {
-        if let Some(m) = try_send(&app, &alice, &bob.id, n).await {
+        if let Ok(m) = try_send(&app, &alice, &bob.id, n).await {
             acked.insert(m["id"].as_str().unwrap().to_owned());
             after += 1;
             if after == 5 {

@@ -206,6 +206,55 @@ pub async fn cursors_move_forward_only(store: Arc<dyn Store>) {
     ));
 }
 
+/// Both people of a new pair send their first message at once: every
+/// attempt succeeds (a refusal would be an error in front of a user who did
+/// nothing wrong), all name one conversation, listed once for each member.
+pub async fn first_messages_race(store: Arc<dyn Store>) {
+    let (a, b) = (unique("a"), unique("b"));
+    let c = unique("c");
+    let same_pair = (0..6).map(|_| store.ensure_direct(&c, &a, &b, 1));
+    for outcome in futures::future::join_all(same_pair).await {
+        let conversation = outcome.unwrap();
+        assert_eq!(conversation.id, c);
+        assert_eq!(conversation.members.len(), 2);
+    }
+    for user in [&a, &b] {
+        let listed: Vec<String> = store
+            .conversations_of(user)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
+        assert_eq!(listed, vec![c.clone()]);
+    }
+}
+
+/// One user starts several conversations at the same moment: each one is
+/// listed. (Embedded only: on FerretDB 1.x two `$addToSet` on one document
+/// can lose one, which MongoDB does not; see the README.)
+pub async fn one_user_starts_conversations_at_once(store: Arc<dyn Store>) {
+    let a = unique("a");
+    let peers: Vec<(String, String)> = (0..6).map(|_| (unique("c"), unique("p"))).collect();
+    let starts = peers
+        .iter()
+        .map(|(id, peer)| store.ensure_direct(id, &a, peer, 1));
+    for outcome in futures::future::join_all(starts).await {
+        outcome.unwrap();
+    }
+    let mut listed: Vec<String> = store
+        .conversations_of(&a)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    listed.sort();
+    let mut expected: Vec<String> = peers.into_iter().map(|(id, _)| id).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
 /// What was stored is there after the store is closed and opened again.
 pub async fn survives_reopen<F, Fut>(open: F)
 where

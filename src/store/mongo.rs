@@ -324,6 +324,28 @@ impl MongoStore {
         self.db.collection(name)
     }
 
+    /// Applies `update` to the document `_id` = `id`, inserting it if
+    /// missing. Two upserts of a missing document race to insert it; MongoDB
+    /// retries the loser itself, FerretDB answers it with a duplicate key.
+    /// The second try finds the winner's document and updates it.
+    async fn upsert_by_id(
+        &self,
+        collection: &str,
+        id: &str,
+        update: Document,
+    ) -> Result<(), StoreError> {
+        let documents = self.coll(collection);
+        let attempt = || {
+            documents
+                .update_one(doc! {"_id": id}, update.clone())
+                .upsert(true)
+        };
+        match attempt().await {
+            Err(e) if is_duplicate(&e) => attempt().await.map(|_| ()).map_err(unavailable),
+            other => other.map(|_| ()).map_err(unavailable),
+        }
+    }
+
     async fn by_id(&self, collection: &str, id: &str) -> Result<Option<Document>, StoreError> {
         self.coll(collection)
             .find_one(doc! {"_id": id})
@@ -419,15 +441,12 @@ impl MongoStore {
         // lifetime inference.
         stream::iter(users.to_vec())
             .map(|member| async move {
-                self.coll("memberships")
-                    .update_one(
-                        doc! {"_id": member},
-                        doc! {"$addToSet": {"conversations": conversation}},
-                    )
-                    .upsert(true)
-                    .await
-                    .map(|_| ())
-                    .map_err(unavailable)
+                self.upsert_by_id(
+                    "memberships",
+                    &member,
+                    doc! {"$addToSet": {"conversations": conversation}},
+                )
+                .await
             })
             .buffer_unordered(LOOKUPS_IN_FLIGHT)
             .try_collect::<()>()
@@ -494,15 +513,12 @@ impl MongoStore {
     /// one writer: `seqs` the partition owner, `conversations` the group
     /// lock's holder.
     async fn raise_last_seq(&self, conversation: &str, seq: u64) -> Result<(), StoreError> {
-        self.coll("seqs")
-            .update_one(
-                doc! {"_id": conversation},
-                doc! {"$max": {"last_seq": seq_bson(seq)}},
-            )
-            .upsert(true)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        self.upsert_by_id(
+            "seqs",
+            conversation,
+            doc! {"$max": {"last_seq": seq_bson(seq)}},
+        )
+        .await
     }
 
     /// Conversation documents with their `last_seq` from `seqs` (the higher
@@ -591,15 +607,12 @@ impl Store for MongoStore {
             Err(e) => return Err(unavailable(e)),
         }
         // The login key; if this write is lost, the first login writes it.
-        self.coll("user_keys")
-            .update_one(
-                doc! {"_id": email_key(&record.email)},
-                doc! {"$setOnInsert": {"user_id": &u.id}},
-            )
-            .upsert(true)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        self.upsert_by_id(
+            "user_keys",
+            &email_key(&record.email),
+            doc! {"$setOnInsert": {"user_id": &u.id}},
+        )
+        .await
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -619,14 +632,12 @@ impl Store for MongoStore {
             return Ok(None);
         };
         let record = user_record_from(&d)?;
-        self.coll("user_keys")
-            .update_one(
-                doc! {"_id": email_key(email)},
-                doc! {"$set": {"user_id": &record.user.id}},
-            )
-            .upsert(true)
-            .await
-            .map_err(unavailable)?;
+        self.upsert_by_id(
+            "user_keys",
+            &email_key(email),
+            doc! {"$set": {"user_id": &record.user.id}},
+        )
+        .await?;
         Ok(Some(record))
     }
 
@@ -671,26 +682,19 @@ impl Store for MongoStore {
         // Memberships first: a crash before the conversation is written
         // leaves ids that point nowhere, and the next attempt completes it.
         self.add_memberships(&members, id).await?;
-        let result = self
-            .coll("conversations")
-            .update_one(
-                doc! {"_id": id},
-                doc! {"$setOnInsert": {
-                    "kind": "direct",
-                    "name": "",
-                    "members": &members,
-                    "last_seq": 0_i64,
-                    "created_at": now_ms,
-                }},
-            )
-            .upsert(true)
-            .await;
-        match result {
-            Ok(_) => {}
-            // Two first messages raced; the other one created it.
-            Err(e) if is_duplicate(&e) => {}
-            Err(e) => return Err(unavailable(e)),
-        }
+        // Two first messages may race: the loser finds the winner's.
+        self.upsert_by_id(
+            "conversations",
+            id,
+            doc! {"$setOnInsert": {
+                "kind": "direct",
+                "name": "",
+                "members": &members,
+                "last_seq": 0_i64,
+                "created_at": now_ms,
+            }},
+        )
+        .await?;
         self.conversation(id)
             .await?
             .ok_or_else(|| StoreError::NoConversation(id.to_owned()))
@@ -858,14 +862,12 @@ impl Store for MongoStore {
             return Ok(None);
         };
         let message = message_from(&d)?;
-        self.coll("message_keys")
-            .update_one(
-                doc! {"_id": id_key(id)},
-                doc! {"$set": {"conversation_id": conversation, "seq": seq_bson(message.seq)}},
-            )
-            .upsert(true)
-            .await
-            .map_err(unavailable)?;
+        self.upsert_by_id(
+            "message_keys",
+            &id_key(id),
+            doc! {"$set": {"conversation_id": conversation, "seq": seq_bson(message.seq)}},
+        )
+        .await?;
         Ok(Some(message))
     }
 
@@ -1211,13 +1213,19 @@ impl MongoStore {
         if raise.is_empty() {
             return Ok(vec![None; moves.len()]);
         }
-        let before = self
-            .coll("cursors")
-            .find_one_and_update(doc! {"_id": conversation}, doc! {"$max": raise})
-            .upsert(true)
-            .return_document(ReturnDocument::Before)
-            .await
-            .map_err(unavailable)?;
+        // Upserts racing to insert: see `upsert_by_id`.
+        let cursors = self.coll("cursors");
+        let attempt = || {
+            cursors
+                .find_one_and_update(doc! {"_id": conversation}, doc! {"$max": raise.clone()})
+                .upsert(true)
+                .return_document(ReturnDocument::Before)
+        };
+        let before = match attempt().await {
+            Err(e) if is_duplicate(&e) => attempt().await,
+            other => other,
+        }
+        .map_err(unavailable)?;
         let stored = |field: &str, user: &str| {
             before
                 .as_ref()

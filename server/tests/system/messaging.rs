@@ -66,6 +66,41 @@ async fn seq_is_dense_and_ordered_under_a_burst() {
     }
 }
 
+/// Both people write first at once, from two devices each: every send is
+/// acked (none refused for racing to create the conversation), all land in
+/// one conversation with distinct seqs, and each device gets all of them.
+#[tokio::test]
+async fn first_messages_sent_at_once_from_both_sides_all_land() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mut devices = Vec::new();
+    for (user, peer) in [
+        (&alice, &bob),
+        (&alice, &bob),
+        (&bob, &alice),
+        (&bob, &alice),
+    ] {
+        devices.push((app.connect(user).await, peer.id.clone()));
+    }
+    let sends = devices.iter_mut().enumerate().map(|(n, (ws, peer))| {
+        let peer = peer.clone();
+        async move { ws.send_message(&peer, &format!("first {n}")).await }
+    });
+    let acked = futures::future::join_all(sends).await;
+    let conversation = acked[0]["conversation_id"].clone();
+    assert!(acked.iter().all(|m| m["conversation_id"] == conversation));
+    for (ws, _) in &mut devices {
+        let mut got = Vec::new();
+        while got.len() < acked.len() {
+            let m = ws.expect("new_message").await;
+            got.push(m["message"]["seq"].as_u64().unwrap());
+        }
+        got.sort_unstable();
+        assert_eq!(got, vec![1, 2, 3, 4]);
+    }
+}
+
 #[tokio::test]
 async fn typing_reaches_the_other_member_only() {
     let app = spawn_app().await;
