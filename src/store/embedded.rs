@@ -436,7 +436,8 @@ impl Store for EmbeddedStore {
                         let mut by_user = txn
                             .open_multimap_table(USER_CONVERSATIONS)
                             .map_err(unavailable)?;
-                        for m in &next.members {
+                        let added = next.members.iter().filter(|m| !current.members.contains(m));
+                        for m in added {
                             by_user
                                 .insert(m.as_str(), id.as_str())
                                 .map_err(unavailable)?;

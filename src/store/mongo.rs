@@ -87,13 +87,18 @@ fn get_str(d: &Document, key: &str) -> Result<String, StoreError> {
 }
 
 /// Integers may come back as i32 or i64 depending on the server.
-fn get_u64(d: &Document, key: &str) -> u64 {
-    match d.get(key) {
-        Some(Bson::Int64(v)) => u64::try_from(*v).unwrap_or(0),
-        Some(Bson::Int32(v)) => u64::try_from(*v).unwrap_or(0),
-        Some(Bson::Double(v)) if *v >= 0.0 => *v as u64,
-        _ => 0,
+/// A seq or count as stored: drivers and servers may widen or narrow it.
+fn bson_u64(v: &Bson) -> Option<u64> {
+    match v {
+        Bson::Int64(v) => u64::try_from(*v).ok(),
+        Bson::Int32(v) => u64::try_from(*v).ok(),
+        Bson::Double(v) if *v >= 0.0 => Some(*v as u64),
+        _ => None,
     }
+}
+
+fn get_u64(d: &Document, key: &str) -> u64 {
+    d.get(key).and_then(bson_u64).unwrap_or(0)
 }
 
 fn get_i64(d: &Document, key: &str) -> i64 {
@@ -231,14 +236,7 @@ fn message_from(d: &Document) -> Result<ChatMessage, StoreError> {
         deleted: d.get_bool("deleted").unwrap_or(false),
         reactions,
         edit_seqs: match d.get_array("edit_seqs") {
-            Ok(list) => list
-                .iter()
-                .filter_map(|v| match v {
-                    Bson::Int64(n) => u64::try_from(*n).ok(),
-                    Bson::Int32(n) => u64::try_from(*n).ok(),
-                    _ => None,
-                })
-                .collect(),
+            Ok(list) => list.iter().filter_map(bson_u64).collect(),
             Err(_) => Vec::new(),
         },
     })
@@ -521,20 +519,29 @@ impl MongoStore {
         .await
     }
 
-    /// Conversation documents with their `last_seq` from `seqs` (the higher
-    /// of the two: databases written before `seqs` kept it in place).
+    /// Each conversation's `last_seq` from `seqs`; `None` before its first
+    /// message (or when there is no such conversation).
+    async fn last_seqs(&self, ids: Vec<String>) -> Result<Vec<Option<u64>>, StoreError> {
+        Ok(self
+            .by_ids("seqs", ids)
+            .await?
+            .iter()
+            .map(|s| s.as_ref().map(|s| get_u64(s, "last_seq")))
+            .collect())
+    }
+
+    /// Conversation documents with their `last_seq` put in from `seqs`.
     async fn conversation_docs(
         &self,
         ids: Vec<String>,
     ) -> Result<Vec<Option<Document>>, StoreError> {
         let (mut docs, seqs) = futures::try_join!(
             self.by_ids("conversations", ids.clone()),
-            self.by_ids("seqs", ids)
+            self.last_seqs(ids)
         )?;
-        for (d, s) in docs.iter_mut().zip(seqs) {
-            if let (Some(d), Some(s)) = (d.as_mut(), s) {
-                let seq = get_u64(d, "last_seq").max(get_u64(&s, "last_seq"));
-                d.insert("last_seq", seq_bson(seq));
+        for (d, seq) in docs.iter_mut().zip(seqs) {
+            if let Some(d) = d.as_mut() {
+                d.insert("last_seq", seq_bson(seq.unwrap_or(0)));
             }
         }
         Ok(docs)
@@ -690,7 +697,6 @@ impl Store for MongoStore {
                 "kind": "direct",
                 "name": "",
                 "members": &members,
-                "last_seq": 0_i64,
                 "created_at": now_ms,
             }},
         )
@@ -741,7 +747,6 @@ impl Store for MongoStore {
                 "kind": "group",
                 "name": &group.name,
                 "members": &group.members,
-                "last_seq": 0_i64,
                 "created_at": group.created_at_ms,
                 "version": 0_i64,
             })
@@ -996,13 +1001,15 @@ impl Store for MongoStore {
                 .await
                 .map_err(concurrent)?;
         }
-        let id_keys: Vec<Document> = to_write
+        // The fresh messages are the ones being written.
+        let id_keys: Vec<Document> = out
             .iter()
-            .map(|m| {
+            .filter(|a| a.fresh)
+            .map(|a| {
                 doc! {
-                    "_id": id_key(m.get_str("id").unwrap_or_default()),
-                    "conversation_id": m.get("conversation_id").cloned().unwrap_or(Bson::Null),
-                    "seq": m.get("seq").cloned().unwrap_or(Bson::Null),
+                    "_id": id_key(&a.message.id),
+                    "conversation_id": &a.message.conversation_id,
+                    "seq": seq_bson(a.message.seq),
                 }
             })
             .collect();
@@ -1138,23 +1145,24 @@ impl Store for MongoStore {
         &self,
         receipts: &[ReceiptEvent],
     ) -> Result<Vec<Option<u64>>, StoreError> {
-        // Each conversation's last seq is read once for the run (a group's
-        // document carries its whole member list).
-        let mut last_seqs: HashMap<String, Option<u64>> = HashMap::new();
-        for r in receipts {
-            if !last_seqs.contains_key(&r.conversation_id) {
-                let last = self
-                    .conversation_doc(&r.conversation_id)
-                    .await?
-                    .map(|c| get_u64(&c, "last_seq"));
-                last_seqs.insert(r.conversation_id.clone(), last);
-            }
-        }
+        // Each conversation's last seq, read once for the run from `seqs`
+        // (a group's own document carries its whole member list). A
+        // conversation without one has nothing to mark: its receipts
+        // answer `None`, as for one that does not exist.
+        let mut ids: Vec<String> = receipts.iter().map(|r| r.conversation_id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let last_seqs: HashMap<String, u64> = ids
+            .clone()
+            .into_iter()
+            .zip(self.last_seqs(ids).await?)
+            .filter_map(|(id, last)| Some((id, last?)))
+            .collect();
         // One write per conversation, the answers put back in order.
         type Moves = Vec<(usize, (String, ReceiptKind, u64))>;
         let mut by_conversation: HashMap<&str, Moves> = HashMap::new();
         for (i, r) in receipts.iter().enumerate() {
-            let Some(last) = last_seqs.get(&r.conversation_id).copied().flatten() else {
+            let Some(&last) = last_seqs.get(&r.conversation_id) else {
                 continue;
             };
             let kind = ReceiptKind::try_from(r.kind).unwrap_or(ReceiptKind::Unspecified);
