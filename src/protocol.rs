@@ -198,7 +198,7 @@ pub fn message_json(m: &proto::ChatMessage) -> Value {
     let Some(obj) = value.as_object_mut() else {
         return value;
     };
-    match kind_of(m) {
+    match m.kind() {
         proto::MessageKind::Message => {
             if m.edited_at_ms != 0 {
                 obj.insert("edited_at".into(), json!(m.edited_at_ms));
@@ -220,10 +220,6 @@ pub fn message_json(m: &proto::ChatMessage) -> Value {
         }
     }
     value
-}
-
-pub fn kind_of(m: &proto::ChatMessage) -> proto::MessageKind {
-    proto::MessageKind::try_from(m.kind).unwrap_or(proto::MessageKind::Message)
 }
 
 fn kind_name(kind: proto::MessageKind) -> &'static str {
@@ -300,7 +296,7 @@ pub mod server {
     /// with the change's own `seq` (so a client's sync cursor moves past
     /// it) and `message_id`, the message it changed.
     pub fn entry(m: &proto::ChatMessage) -> String {
-        let (kind, extra) = match kind_of(m) {
+        let (kind, extra) = match m.kind() {
             proto::MessageKind::Message => return new_message(m),
             proto::MessageKind::Edit => ("message_edited", json!({"body": m.body})),
             proto::MessageKind::Delete => ("message_deleted", json!({})),

@@ -71,22 +71,23 @@ impl Chat {
         change: MessageChange,
     ) -> Result<ChatMessage, ApiError> {
         let message_id = MessageId::parse(message_id)?;
-        match &change {
-            MessageChange::Edit(body) => crate::chat::validate_body(body)?,
-            MessageChange::React { emoji, .. } => valid_emoji(emoji)?,
-            MessageChange::Delete => {}
-        }
+        let (kind, body, emoji, on) = match change {
+            MessageChange::Edit(body) => {
+                crate::chat::validate_body(&body)?;
+                (MessageKind::Edit, body, String::new(), false)
+            }
+            MessageChange::Delete => (MessageKind::Delete, String::new(), String::new(), false),
+            MessageChange::React { emoji, on } => {
+                valid_emoji(&emoji)?;
+                (MessageKind::Reaction, String::new(), emoji, on)
+            }
+        };
         let store = self.backends.store.as_ref();
         let c = member_of(store, user, conversation).await?;
         let target = store
             .message_by_id(&c.id, message_id.as_str())
             .await?
             .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such message"))?;
-        let (kind, body, emoji, on) = match change {
-            MessageChange::Edit(body) => (MessageKind::Edit, body, String::new(), false),
-            MessageChange::Delete => (MessageKind::Delete, String::new(), String::new(), false),
-            MessageChange::React { emoji, on } => (MessageKind::Reaction, String::new(), emoji, on),
-        };
         if let Some(refused) = refusal(&target, user.as_str(), kind) {
             return Err(refused);
         }

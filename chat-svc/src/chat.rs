@@ -9,7 +9,7 @@ use parley::ids::{ConversationId, MessageId, UserId, parse_client_msg_id};
 use parley::proto::{
     ChatEvent, ChatMessage, ConversationSummary, MessageKind, ReceiptEvent, ReceiptKind, chat_event,
 };
-use parley::protocol::{MAX_BODY_CHARS, kind_of, server};
+use parley::protocol::{MAX_BODY_CHARS, server};
 use parley::push::{Outgoing, Pusher};
 use parley::time::now_ms;
 use prost::Message;
@@ -431,7 +431,7 @@ impl Chat {
                 .await?
                 .into_iter()
                 .rev()
-                .find(|m| kind_of(m) == MessageKind::Message);
+                .find(|m| m.kind() == MessageKind::Message);
             let read = c
                 .cursors
                 .iter()
@@ -446,7 +446,7 @@ impl Chat {
                 let counted = seen
                     .iter()
                     .filter(|m| {
-                        kind_of(m) == MessageKind::Message && !m.deleted && m.from != user.as_str()
+                        m.kind() == MessageKind::Message && !m.deleted && m.from != user.as_str()
                     })
                     .count() as u64;
                 counted + pending.saturating_sub(seen.len() as u64)

@@ -12,9 +12,8 @@ use parley::proto::chat_service_server::{ChatService, ChatServiceServer};
 use parley::proto::{
     ChangeGroupRequest, ChangeMessageReply, ChangeMessageRequest, CreateGroupRequest, GroupReply,
     HistoryReply, HistoryRequest, ListConversationsReply, ListConversationsRequest,
-    MarkReceiptReply, MarkReceiptRequest, MessageKind, ReceiptKind, SearchMessagesReply,
-    SearchMessagesRequest, SendMessageReply, SendMessageRequest, SyncReply, SyncRequest,
-    TypingReply, TypingRequest,
+    MarkReceiptReply, MarkReceiptRequest, MessageKind, SearchMessagesReply, SearchMessagesRequest,
+    SendMessageReply, SendMessageRequest, SyncReply, SyncRequest, TypingReply, TypingRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -59,7 +58,7 @@ impl ChatService for ChatGrpc {
         let r = req.into_inner();
         let user = caller(&r.user_id)?;
         let conversation = ConversationId::parse(&r.conversation_id)?;
-        let kind = ReceiptKind::try_from(r.kind).unwrap_or(ReceiptKind::Unspecified);
+        let kind = r.kind();
         self.chat
             .mark(&user, &conversation, kind, r.up_to_seq)
             .await?;

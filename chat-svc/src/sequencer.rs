@@ -29,7 +29,7 @@ use parley::proto::{
     ChatEvent, ChatMessage, Conversation, MessageKind, PushNotification, ReceiptEvent, ReceiptKind,
     chat_event,
 };
-use parley::protocol::{kind_of, server};
+use parley::protocol::server;
 use parley::push::Outgoing;
 use parley::store::{Appended, Store, StoreError};
 use prost::Message;
@@ -54,9 +54,8 @@ pub async fn run(chat: Chat, shutdown: CancellationToken) {
         chat.pusher.clone(),
         shutdown.clone(),
     ));
-    let mut cursors = tally;
     while let Some(batch) = next_batch_until(subscription.as_mut(), BATCH, &shutdown).await {
-        if !process_until_done(&chat, &mut cursors, &batch, &shutdown).await {
+        if !process_until_done(&chat, &tally, &batch, &shutdown).await {
             break;
         }
         commit(subscription.as_mut(), &batch).await;
@@ -66,13 +65,13 @@ pub async fn run(chat: Chat, shutdown: CancellationToken) {
 
 async fn process_until_done(
     chat: &Chat,
-    cursors: &mut Tally,
+    tally: &Tally,
     batch: &[Record],
     shutdown: &CancellationToken,
 ) -> bool {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match process(chat, cursors, batch).await {
+        match process(chat, tally, batch).await {
             Ok(()) => return true,
             Err(e) => {
                 tracing::warn!(error = %e, records = batch.len(), "persisting a batch failed; retrying");
@@ -117,7 +116,7 @@ fn steps(batch: &[Record]) -> Vec<Step> {
             }
         };
         match event {
-            chat_event::Event::MessageSent(m) if kind_of(&m) != MessageKind::Message => {
+            chat_event::Event::MessageSent(m) if m.kind() != MessageKind::Message => {
                 steps.push(Step::Change(Box::new(m)));
             }
             chat_event::Event::MessageSent(m) => match steps.last_mut() {
@@ -146,7 +145,7 @@ fn to_notify<'a>(
         .filter(move |m| **m != message.from && sessionless.contains(*m))
 }
 
-async fn process(chat: &Chat, cursors: &mut Tally, batch: &[Record]) -> Result<(), StoreError> {
+async fn process(chat: &Chat, tally: &Tally, batch: &[Record]) -> Result<(), StoreError> {
     let store = chat.backends.store.as_ref();
     let mut members: HashMap<String, Conversation> = HashMap::new();
     let mut outgoing = Vec::new();
@@ -162,14 +161,12 @@ async fn process(chat: &Chat, cursors: &mut Tally, batch: &[Record]) -> Result<(
                     }
                     metrics::counter!("parley_chat_messages_persisted_total").increment(1);
                     let conversation = &stored.message.conversation_id;
-                    if let Some(users) =
-                        conversation_members(store, &mut members, conversation).await?
-                    {
+                    if let Some(c) = conversation_of(store, &mut members, conversation).await? {
                         outgoing.push(Outgoing {
-                            users: users.clone(),
+                            users: c.members.clone(),
                             frame: server::new_message(&stored.message).into(),
                         });
-                        delivered.push((stored.message, users));
+                        delivered.push((stored.message, c.members.clone()));
                     }
                 }
             }
@@ -186,51 +183,38 @@ async fn process(chat: &Chat, cursors: &mut Tally, batch: &[Record]) -> Result<(
                 // a cache or a membership list that may lag the group.
                 let mut kept = Vec::with_capacity(run.len());
                 for receipt in run {
-                    if conversation_members(store, &mut members, &receipt.conversation_id)
+                    if conversation_of(store, &mut members, &receipt.conversation_id)
                         .await?
-                        .is_some_and(|users| users.contains(&receipt.user_id))
+                        .is_some_and(|c| c.members.contains(&receipt.user_id))
                     {
                         kept.push(receipt);
                     }
                 }
-                let run = kept;
-                let moved = store.advance_cursors(&run).await?;
-                for (receipt, moved) in run.into_iter().zip(moved) {
+                let moved = store.advance_cursors(&kept).await?;
+                for (receipt, moved) in kept.into_iter().zip(moved) {
                     let Some(up_to_seq) = moved else { continue };
-                    let Some(users) =
-                        conversation_members(store, &mut members, &receipt.conversation_id).await?
-                    else {
+                    // Kept receipts' conversations are all in the batch's cache.
+                    let Some(c) = members.get(&receipt.conversation_id) else {
                         continue;
                     };
-                    let is_group = members
-                        .get(&receipt.conversation_id)
-                        .is_some_and(|c| c.kind == "group");
-                    let kind =
-                        ReceiptKind::try_from(receipt.kind).unwrap_or(ReceiptKind::Delivered);
                     let frame = server::receipt(&ReceiptEvent {
                         up_to_seq,
                         ..receipt.clone()
-                    });
-                    if is_group {
+                    })
+                    .into();
+                    if c.kind == "group" {
                         // The reader's devices hear of it; the group gets counts.
-                        cursors
-                            .note(
-                                store,
-                                &receipt.conversation_id,
-                                &receipt.user_id,
-                                kind,
-                                up_to_seq,
-                            )
+                        tally
+                            .note(store, c, &receipt.user_id, receipt.kind(), up_to_seq)
                             .await?;
-                        cursors.changed(&receipt.conversation_id, &users);
                         outgoing.push(Outgoing {
                             users: vec![receipt.user_id.clone()],
-                            frame: frame.into(),
+                            frame,
                         });
                     } else {
                         outgoing.push(Outgoing {
-                            users,
-                            frame: frame.into(),
+                            users: c.members.clone(),
+                            frame,
                         });
                     }
                 }
@@ -277,7 +261,10 @@ async fn apply_change(
     members: &mut HashMap<String, Conversation>,
     change: ChatMessage,
 ) -> Result<Option<(ChatMessage, Vec<String>)>, StoreError> {
-    let Some(users) = conversation_members(store, members, &change.conversation_id).await? else {
+    let Some(users) = conversation_of(store, members, &change.conversation_id)
+        .await?
+        .map(|c| c.members.clone())
+    else {
         return Ok(None);
     };
     // Already stored (a replayed record): not checked again, since it
@@ -287,39 +274,28 @@ async fn apply_change(
     let stored = store
         .message_by_client_id(&change.from, &change.client_msg_id)
         .await?;
-    let entry = match stored {
-        Some(_) => {
-            let Some(appended) = append_run(store, std::slice::from_ref(&change))
-                .await?
-                .pop()
-            else {
-                return Ok(None);
-            };
-            appended.1.message
+    if stored.is_none() {
+        let target = store
+            .message_by_id(&change.conversation_id, &change.target_id)
+            .await?;
+        let refused = match &target {
+            None => Some("its message is not stored".to_owned()),
+            Some(_) if !users.contains(&change.from) => Some("its author left".to_owned()),
+            Some(t) => refusal(t, &change.from, change.kind()).map(|e| e.message),
+        };
+        if let Some(reason) = refused {
+            tracing::info!(id = %change.id, %reason, "change dropped");
+            metrics::counter!("parley_chat_changes_dropped_total").increment(1);
+            return Ok(None);
         }
-        None => {
-            let target = store
-                .message_by_id(&change.conversation_id, &change.target_id)
-                .await?;
-            let refused = match &target {
-                None => Some("its message is not stored".to_owned()),
-                Some(_) if !users.contains(&change.from) => Some("its author left".to_owned()),
-                Some(t) => refusal(t, &change.from, kind_of(&change)).map(|e| e.message),
-            };
-            if let Some(reason) = refused {
-                tracing::info!(id = %change.id, %reason, "change dropped");
-                metrics::counter!("parley_chat_changes_dropped_total").increment(1);
-                return Ok(None);
-            }
-            let Some(appended) = append_run(store, std::slice::from_ref(&change))
-                .await?
-                .pop()
-            else {
-                return Ok(None);
-            };
-            appended.1.message
-        }
+    }
+    let Some((_, appended)) = append_run(store, std::slice::from_ref(&change))
+        .await?
+        .pop()
+    else {
+        return Ok(None);
     };
+    let entry = appended.message;
     match store.apply_change(&entry).await {
         Ok(()) => {}
         Err(e) if is_permanent(&e) => {
@@ -365,23 +341,21 @@ async fn append_run(
     }
 }
 
-/// The members of a conversation (cached for the batch); `None` when it
+/// A conversation with its members (cached for the batch); `None` when it
 /// does not exist, which no retry will change.
-async fn conversation_members(
+async fn conversation_of<'a>(
     store: &dyn Store,
-    cache: &mut HashMap<String, Conversation>,
+    cache: &'a mut HashMap<String, Conversation>,
     id: &str,
-) -> Result<Option<Vec<String>>, StoreError> {
-    if let Some(c) = cache.get(id) {
-        return Ok(Some(c.members.clone()));
+) -> Result<Option<&'a Conversation>, StoreError> {
+    if !cache.contains_key(id) {
+        let Some(c) = store.conversation_head(id).await? else {
+            tracing::error!(conversation = %id, "event for a conversation that does not exist");
+            return Ok(None);
+        };
+        cache.insert(id.to_owned(), c);
     }
-    let Some(c) = store.conversation_head(id).await? else {
-        tracing::error!(conversation = %id, "event for a conversation that does not exist");
-        return Ok(None);
-    };
-    let members = c.members.clone();
-    cache.insert(id.to_owned(), c);
-    Ok(Some(members))
+    Ok(cache.get(id))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! distinct positions, and its rate by the interval, however many members
 //! read.
 
-use parley::proto::ReceiptKind;
+use parley::proto::{Conversation, ReceiptKind};
 use parley::protocol::server;
 use parley::push::{Outgoing, Pusher};
 use parley::store::{Store, StoreError};
@@ -36,6 +36,16 @@ pub type Counts = Vec<(u64, usize)>;
 /// user → (delivered, read).
 type Positions = HashMap<String, (u64, u64)>;
 
+impl State {
+    /// Marks `group`'s counts for the next flush, to these members (as they
+    /// were at the first change since the last flush).
+    fn mark_changed(&mut self, group: &str, members: &[String]) {
+        if !self.changed.contains_key(group) {
+            self.changed.insert(group.to_owned(), members.to_vec());
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// group → (when read from the store, its members' positions).
@@ -56,16 +66,20 @@ impl Tally {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records that `user`'s cursor moved to `seq`; the group's cursors are
-    /// loaded from the store the first time (they include this move).
+    /// Records that `user`'s cursor in `group` moved to `seq` and marks the
+    /// group's counts for the next flush, to its members as they were at
+    /// the first move since the last flush. The group's cursors are loaded
+    /// from the store the first time (they include this move).
     pub async fn note(
         &self,
         store: &dyn Store,
-        group: &str,
+        group: &Conversation,
         user: &str,
         kind: ReceiptKind,
         seq: u64,
     ) -> Result<(), StoreError> {
+        let members = &group.members;
+        let group = group.id.as_str();
         let known = self
             .state()
             .cursors
@@ -96,16 +110,8 @@ impl Tally {
                 *read = (*read).max(seq);
             }
         }
+        state.mark_changed(group, members);
         Ok(())
-    }
-
-    /// Marks `group`'s counts for the next flush, to these members (as
-    /// they were at the first change since the last flush).
-    pub fn changed(&self, group: &str, members: &[String]) {
-        let mut state = self.state();
-        if !state.changed.contains_key(group) {
-            state.changed.insert(group.to_owned(), members.to_vec());
-        }
     }
 
     /// The frames for every changed group, clearing the changes.
@@ -190,7 +196,7 @@ mod tests {
             group.insert("gone".into(), (9, 9));
         }
         let members = ["a", "b", "c"].map(String::from);
-        tally.changed("g", &members);
+        tally.state().mark_changed("g", &members);
         let frames = tally.take_frames();
         assert_eq!(frames.len(), 1);
         let v: serde_json::Value = serde_json::from_str(&frames[0].frame).unwrap();
@@ -205,7 +211,7 @@ mod tests {
         );
         assert!(tally.take_frames().is_empty());
         // Forgotten cursors: no frame rather than counts of zero.
-        tally.changed("unknown", &members);
+        tally.state().mark_changed("unknown", &members);
         assert!(tally.take_frames().is_empty());
     }
 }

@@ -138,7 +138,7 @@ fn advance_in(
     r: &ReceiptEvent,
     last_seqs: &mut HashMap<String, u64>,
 ) -> Result<Option<u64>, StoreError> {
-    let kind = ReceiptKind::try_from(r.kind).unwrap_or(ReceiptKind::Unspecified);
+    let kind = r.kind();
     let last_seq = match last_seqs.get(&r.conversation_id) {
         Some(seq) => *seq,
         None => {

@@ -157,7 +157,7 @@ pub fn apply_group_change(
 /// Applies a change entry (an edit, a deletion or a reaction) to the
 /// message it targets. Idempotent, so a replayed change lands the same.
 pub fn apply_message_change(target: &mut ChatMessage, change: &ChatMessage) {
-    match MessageKind::try_from(change.kind).unwrap_or(MessageKind::Message) {
+    match change.kind() {
         MessageKind::Message => {}
         MessageKind::Edit => {
             target.body = change.body.clone();

@@ -1165,7 +1165,7 @@ impl Store for MongoStore {
             let Some(&last) = last_seqs.get(&r.conversation_id) else {
                 continue;
             };
-            let kind = ReceiptKind::try_from(r.kind).unwrap_or(ReceiptKind::Unspecified);
+            let kind = r.kind();
             by_conversation
                 .entry(r.conversation_id.as_str())
                 .or_default()

@@ -226,36 +226,26 @@ impl Connection {
                 conversation_id,
                 members,
             } => {
-                self.change_group(
-                    conversation_id,
-                    GroupChange::AddMembers(MemberList { members }),
-                )
-                .await?;
-                Ok(vec![server::ack(reference, json!({}))])
+                let change = GroupChange::AddMembers(MemberList { members });
+                self.change_group(conversation_id, change, reference).await
             }
             ClientFrame::RemoveMembers {
                 conversation_id,
                 members,
             } => {
-                self.change_group(
-                    conversation_id,
-                    GroupChange::RemoveMembers(MemberList { members }),
-                )
-                .await?;
-                Ok(vec![server::ack(reference, json!({}))])
+                let change = GroupChange::RemoveMembers(MemberList { members });
+                self.change_group(conversation_id, change, reference).await
             }
             ClientFrame::Leave { conversation_id } => {
-                self.change_group(conversation_id, GroupChange::Leave(true))
-                    .await?;
-                Ok(vec![server::ack(reference, json!({}))])
+                self.change_group(conversation_id, GroupChange::Leave(true), reference)
+                    .await
             }
             ClientFrame::RenameGroup {
                 conversation_id,
                 name,
             } => {
-                self.change_group(conversation_id, GroupChange::Rename(name))
-                    .await?;
-                Ok(vec![server::ack(reference, json!({}))])
+                self.change_group(conversation_id, GroupChange::Rename(name), reference)
+                    .await
             }
             ClientFrame::EditMessage {
                 conversation_id,
@@ -297,11 +287,13 @@ impl Connection {
         }
     }
 
+    /// Asks chat-svc for a group change; answers the ack.
     async fn change_group(
         &self,
         conversation_id: String,
         change: GroupChange,
-    ) -> Result<(), ApiError> {
+        reference: Option<&str>,
+    ) -> Result<Vec<String>, ApiError> {
         let conversation_id = ConversationId::parse(&conversation_id)?.into_string();
         self.state
             .chat()
@@ -312,7 +304,7 @@ impl Connection {
                 change: Some(change),
             })
             .await?;
-        Ok(())
+        Ok(vec![server::ack(reference, json!({}))])
     }
 
     /// A change request naming the caller, the conversation and the message.
