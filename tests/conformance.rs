@@ -234,7 +234,7 @@ mod mongo_store_checks {
         };
         let (store, raw) = open_with_raw(&url).await;
         // `last_seq` is kept in `seqs`, apart from the member list.
-        let conversations = raw.collection::<mongodb::bson::Document>("seqs");
+        let seqs = raw.collection::<mongodb::bson::Document>("seqs");
         let messages = raw.collection::<mongodb::bson::Document>("messages");
         let (a, b, c) = (unique("a"), unique("b"), unique("c"));
         store.ensure_direct(&c, &a, &b, 1).await.unwrap();
@@ -242,10 +242,11 @@ mod mongo_store_checks {
         store.append_messages(&[m("1"), m("2")]).await.unwrap();
 
         // Stopped after the messages, before `last_seq` was raised.
-        conversations
+        let lowered = seqs
             .update_one(doc! {"_id": &c}, doc! {"$set": {"last_seq": 0_i64}})
             .await
             .unwrap();
+        assert_eq!(lowered.modified_count, 1, "no crash state was set up");
         let third = store.append_messages(&[m("3")]).await.unwrap();
         assert_eq!((third[0].message.seq, third[0].fresh), (3, true));
 
@@ -257,10 +258,11 @@ mod mongo_store_checks {
             .await
             .unwrap();
         messages.delete_one(doc! {"id": &four.id}).await.unwrap();
-        conversations
+        let lowered = seqs
             .update_one(doc! {"_id": &c}, doc! {"$set": {"last_seq": 3_i64}})
             .await
             .unwrap();
+        assert_eq!(lowered.modified_count, 1, "no crash state was set up");
         assert_eq!(store.message_by_client_id(&a, "4").await.unwrap(), None);
         let replay = store
             .append_messages(&[four.clone(), m("5")])

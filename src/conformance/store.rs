@@ -408,7 +408,8 @@ pub async fn groups_change_atomically(store: Arc<dyn Store>) {
         .unwrap();
     let stored = store.conversation_head(&g).await.unwrap().unwrap();
     assert_eq!(stored.name, "renamed");
-    assert_eq!(stored.members, renamed.conversation.members);
+    assert_eq!(stored.members, [a.clone(), c.clone()]);
+    assert_eq!(renamed.conversation.members, stored.members);
 
     let direct = unique("c");
     store.ensure_direct(&direct, &a, &b, 1).await.unwrap();
@@ -496,15 +497,19 @@ pub async fn message_changes_apply_in_place(store: Arc<dyn Store>) {
     let mut heart = change(MessageKind::Reaction, "r3", &c);
     heart.emoji = "❤️".into();
     heart.on = true;
+    let mut applied = Vec::new();
     for entry in [&edit, &like, &heart] {
         let appended = store
             .append_messages(std::slice::from_ref(entry))
             .await
             .unwrap();
         store.apply_change(&appended[0].message).await.unwrap();
+        applied.push(appended[0].message.clone());
     }
-    // Applying a change twice (a replay) lands the same.
-    store.apply_change(&like).await.unwrap();
+    // Applying the stored changes again (a replay) lands the same.
+    for entry in &applied {
+        store.apply_change(entry).await.unwrap();
+    }
     let now = store
         .message_by_id(&conversation, &stored.id)
         .await
@@ -512,6 +517,11 @@ pub async fn message_changes_apply_in_place(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(now.body, "hello world");
     assert_eq!(now.edited_at_ms, 50);
+    assert_eq!(
+        now.edit_seqs,
+        [applied[0].seq],
+        "a replayed edit is listed once"
+    );
     assert_eq!(now.reactions.len(), 2);
     let log = store.messages_after(&conversation, 0, 10).await.unwrap();
     let seqs: Vec<u64> = log.iter().map(|m| m.seq).collect();

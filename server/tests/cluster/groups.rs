@@ -3,14 +3,8 @@
 //! session wherever it is, and a removed member's sessions stop at once.
 
 use crate::harness::Cluster;
-use crate::helpers::{Ws, real_engines};
+use crate::helpers::{Ws, acked, real_engines};
 use serde_json::{Value, json};
-
-async fn ask(ws: &mut Ws, frame: Value, reference: &str) -> Value {
-    let reply = ws.request(frame, reference).await;
-    assert_eq!(reply["type"], "ack", "{reply}");
-    reply
-}
 
 async fn frame_where(ws: &mut Ws, kind: &str, field: &str, value: &Value) -> Value {
     ws.expect_where(|v| v["type"] == kind && v.pointer(field) == Some(value))
@@ -34,10 +28,9 @@ async fn a_group_across_edges_reaches_every_device() {
     let mut b2 = two.connect(&bob).await;
     let mut c1 = one.connect(&carol).await;
 
-    let created = ask(
+    let created = acked(
         &mut b2,
         json!({"type": "create_group", "name": "across", "members": [alice.id, carol.id]}),
-        "create",
     )
     .await;
     let group = created["conversation"]["id"].clone();
@@ -45,10 +38,9 @@ async fn a_group_across_edges_reaches_every_device() {
         frame_where(ws, "conversation_updated", "/conversation/id", &group).await;
     }
 
-    let sent = ask(
+    let sent = acked(
         &mut a1,
         json!({"type": "send_message", "conversation_id": group, "body": "hello all"}),
-        "send",
     )
     .await;
     let id = sent["message"]["id"].clone();
@@ -58,17 +50,14 @@ async fn a_group_across_edges_reaches_every_device() {
     }
 
     // A reaction from edge-2 and an edit from edge-1 reach every device.
-    ask(
+    acked(
         &mut b2,
         json!({"type": "react", "conversation_id": group, "message_id": id, "emoji": "🎉"}),
-        "react",
     )
     .await;
-    ask(
+    acked(
         &mut a2,
-        json!({"type": "edit_message", "conversation_id": group, "message_id": id, "body": "hello everyone"}),
-        "edit",
-    )
+        json!({"type": "edit_message", "conversation_id": group, "message_id": id, "body": "hello everyone"}))
     .await;
     for ws in [&mut a1, &mut a2, &mut b2, &mut c1] {
         let r = frame_where(ws, "reaction", "/message_id", &id).await;
@@ -85,8 +74,8 @@ async fn a_group_across_edges_reaches_every_device() {
 
     // Reads from both edges come back to Alice's devices as counts.
     let read = json!({"type": "mark_read", "conversation_id": group, "up_to_seq": 1});
-    ask(&mut b2, read.clone(), "read-b").await;
-    ask(&mut c1, read, "read-c").await;
+    acked(&mut b2, read.clone()).await;
+    acked(&mut c1, read).await;
     for ws in [&mut a1, &mut a2] {
         ws.expect_where(|v| {
             v["type"] == "receipt_counts" && v["read"] == json!([{"up_to_seq": 1, "count": 2}])
@@ -96,10 +85,9 @@ async fn a_group_across_edges_reaches_every_device() {
 
     // Carol is removed from edge-2; her session on edge-1 is told, and the
     // next message reaches the others but not her.
-    ask(
+    acked(
         &mut a2,
         json!({"type": "remove_members", "conversation_id": group, "members": [carol.id]}),
-        "remove",
     )
     .await;
     for ws in [&mut a1, &mut a2, &mut b2, &mut c1] {
@@ -112,10 +100,9 @@ async fn a_group_across_edges_reaches_every_device() {
         .await;
         assert_eq!(u["removed"], json!([carol.id]));
     }
-    let after = ask(
+    let after = acked(
         &mut b2,
         json!({"type": "send_message", "conversation_id": group, "body": "without carol"}),
-        "after",
     )
     .await;
     for ws in [&mut a1, &mut a2, &mut b2] {
@@ -123,10 +110,9 @@ async fn a_group_across_edges_reaches_every_device() {
     }
     // Carol's next frame about this group is the add that lets her back in,
     // not the message she was removed before.
-    ask(
+    acked(
         &mut a1,
         json!({"type": "add_members", "conversation_id": group, "members": [carol.id]}),
-        "add",
     )
     .await;
     let next = c1

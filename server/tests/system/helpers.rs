@@ -351,16 +351,22 @@ pub async fn ask(ws: &mut Ws, frame: Value) -> Value {
     ws.request(frame, &reference).await
 }
 
+/// Like [`ask`], failing unless the answer is the `ack`.
+pub async fn acked(ws: &mut Ws, frame: Value) -> Value {
+    let reply = ask(ws, frame).await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    reply
+}
+
 /// Sends into a conversation by id; answers the ack's `message`.
 pub async fn post(ws: &mut Ws, conversation: &str, body: &str) -> Value {
     let cmid = parley::ids::new_session_id();
-    let reply = ask(
+    acked(
         ws,
         json!({"type": "send_message", "conversation_id": conversation, "client_msg_id": cmid, "body": body}),
     )
-    .await;
-    assert_eq!(reply["type"], "ack", "{reply}");
-    reply["message"].clone()
+    .await["message"]
+        .clone()
 }
 
 /// The code of an `error` reply (failing when it is not one).

@@ -26,13 +26,12 @@ async fn changes_reach_every_device_and_are_replayed_in_order() {
     arrived(&mut b, &second["id"]).await;
     arrived(&mut laptop, &second["id"]).await;
 
-    let reply = ask(
+    let reply = acked(
         &mut phone,
         json!({"type": "edit_message", "conversation_id": conversation,
                "message_id": first["id"], "body": "hello world"}),
     )
     .await;
-    assert_eq!(reply["type"], "ack", "{reply}");
     assert_eq!(reply["change"]["message_id"], first["id"]);
     for ws in [&mut b, &mut laptop, &mut phone] {
         let edited = ws.expect("message_edited").await;
@@ -42,14 +41,13 @@ async fn changes_reach_every_device_and_are_replayed_in_order() {
         assert_eq!(edited["seq"], 3);
     }
 
-    let reply = ask(
+    acked(
         &mut b,
         json!({"type": "react", "conversation_id": conversation,
                "message_id": first["id"], "emoji": "👍", "on": true,
                "by": alice.id, "from": alice.id}),
     )
     .await;
-    assert_eq!(reply["type"], "ack", "{reply}");
     for ws in [&mut b, &mut laptop, &mut phone] {
         let reaction = ws.expect("reaction").await;
         assert_eq!(reaction["emoji"], "👍");
@@ -62,12 +60,10 @@ async fn changes_reach_every_device_and_are_replayed_in_order() {
         assert_eq!(reaction["seq"], 4);
     }
 
-    let reply = ask(
+    acked(
         &mut laptop,
         json!({"type": "delete_message", "conversation_id": conversation, "message_id": second["id"]}),
-    )
-    .await;
-    assert_eq!(reply["type"], "ack", "{reply}");
+    ).await;
     for ws in [&mut b, &mut laptop, &mut phone] {
         let deleted = ws.expect("message_deleted").await;
         assert_eq!(deleted["message_id"], second["id"]);
@@ -96,12 +92,11 @@ async fn changes_reach_every_device_and_are_replayed_in_order() {
 
     // A device that saw up to seq 2 is replayed the three changes, in order.
     let mut tablet = app.connect(&bob).await;
-    let reply = ask(
+    acked(
         &mut tablet,
         json!({"type": "sync", "since": {conversation.as_str(): 2}}),
     )
     .await;
-    assert_eq!(reply["type"], "ack");
     let replayed: Vec<&str> = tablet
         .pending()
         .iter()
@@ -121,13 +116,12 @@ async fn changes_reach_every_device_and_are_replayed_in_order() {
     assert_eq!(bodies, [&json!("hello world"), &json!("")]);
 
     // Taking a reaction back.
-    let reply = ask(
+    acked(
         &mut b,
         json!({"type": "react", "conversation_id": conversation,
                "message_id": first["id"], "emoji": "👍", "on": false}),
     )
     .await;
-    assert_eq!(reply["type"], "ack", "{reply}");
     let off = phone
         .expect_where(|v| v["type"] == "reaction" && v["on"] == false)
         .await;
@@ -160,12 +154,10 @@ async fn changes_that_are_not_allowed_are_refused_and_change_nothing() {
     let conversation = mine["conversation_id"].as_str().unwrap().to_owned();
     let gone = post(&mut a, &conversation, "soon gone").await;
     arrived(&mut b, &gone["id"]).await;
-    let reply = ask(
+    acked(
         &mut a,
         json!({"type": "delete_message", "conversation_id": conversation, "message_id": gone["id"]}),
-    )
-    .await;
-    assert_eq!(reply["type"], "ack", "{reply}");
+    ).await;
     b.expect("message_deleted").await;
     let elsewhere = b.send_message(&carol.id, "bob and carol").await;
     let foreign = elsewhere["conversation_id"].as_str().unwrap().to_owned();
@@ -258,12 +250,10 @@ async fn changes_that_are_not_allowed_are_refused_and_change_nothing() {
     assert_eq!(page["messages"][0]["body"], "alice's words");
     assert!(page["messages"][0].get("reactions").is_none());
     // Nothing fanned out: the next change Bob sees is the next valid one.
-    let reply = ask(
+    acked(
         &mut b,
         json!({"type": "react", "conversation_id": conversation, "message_id": mine["id"], "emoji": "🎉"}),
-    )
-    .await;
-    assert_eq!(reply["type"], "ack", "{reply}");
+    ).await;
     let next = b
         .expect_where(|v| {
             matches!(
