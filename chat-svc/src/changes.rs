@@ -8,13 +8,10 @@
 
 use crate::chat::Chat;
 use crate::conversations::member_of;
-use bytes::Bytes;
-use parley::bus::Topic;
 use parley::ids::{ConversationId, MessageId, UserId};
-use parley::proto::{ChatEvent, ChatMessage, MessageKind, chat_event};
+use parley::proto::{ChatMessage, MessageKind, chat_event};
 use parley::time::now_ms;
 use parley::{ApiError, ErrorCode};
-use prost::Message;
 
 /// Longest reaction, in characters (an emoji with skin tone or a ZWJ
 /// family is several) and in bytes.
@@ -107,17 +104,8 @@ impl Chat {
             on,
             ..Default::default()
         };
-        let event = ChatEvent {
-            event: Some(chat_event::Event::MessageSent(entry.clone())),
-        };
-        self.backends
-            .bus
-            .publish(
-                Topic::ChatMessages,
-                &c.id,
-                Bytes::from(event.encode_to_vec()),
-            )
-            .await?;
+        let event = chat_event::Event::MessageSent(entry.clone());
+        crate::sequencer::queue(self.backends.bus.as_ref(), event).await?;
         metrics::counter!("parley_chat_message_changes_total").increment(1);
         Ok(entry)
     }

@@ -1,18 +1,15 @@
 //! The domain behind `ChatService`. No tonic types: requests arrive parsed.
 
 use crate::conversations::{Target, member_of, resolve};
-use bytes::Bytes;
 use parley::ApiError;
 use parley::backends::Backends;
-use parley::bus::Topic;
 use parley::ids::{ConversationId, MessageId, UserId, parse_client_msg_id};
 use parley::proto::{
-    ChatEvent, ChatMessage, ConversationSummary, MessageKind, ReceiptEvent, ReceiptKind, chat_event,
+    ChatMessage, ConversationSummary, MessageKind, ReceiptEvent, ReceiptKind, chat_event,
 };
 use parley::protocol::{MAX_BODY_CHARS, server};
 use parley::push::{Outgoing, Pusher};
 use parley::time::now_ms;
-use prost::Message;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -230,19 +227,8 @@ impl Chat {
                 )),
             };
         }
-        let event = ChatEvent {
-            event: Some(chat_event::Event::MessageSent(message.clone())),
-        };
-        if let Err(e) = self
-            .backends
-            .bus
-            .publish(
-                Topic::ChatMessages,
-                &message.conversation_id,
-                Bytes::from(event.encode_to_vec()),
-            )
-            .await
-        {
+        let event = chat_event::Event::MessageSent(message.clone());
+        if let Err(e) = crate::sequencer::queue(self.backends.bus.as_ref(), event).await {
             // Not durable, so not sent: let the client's retry claim again.
             let _ = registry.release(&claim_key).await;
             return Err(e.into());
@@ -426,12 +412,12 @@ impl Chat {
         let store = self.backends.store.as_ref();
         let mut out = Vec::new();
         for c in store.conversations_of(user.as_str()).await? {
-            let last_message = store
-                .messages_before(&c.id, 0, LAST_MESSAGE_SCAN)
-                .await?
-                .into_iter()
+            let tail = store.messages_before(&c.id, 0, LAST_MESSAGE_SCAN).await?;
+            let last_message = tail
+                .iter()
                 .rev()
-                .find(|m| m.kind() == MessageKind::Message);
+                .find(|m| m.kind() == MessageKind::Message)
+                .cloned();
             let read = c
                 .cursors
                 .iter()
@@ -442,7 +428,13 @@ impl Chat {
             let unread = if pending == 0 {
                 0
             } else {
-                let seen = store.messages_after(&c.id, read, UNREAD_SCAN).await?;
+                // The tail already holds every entry after the cursor when
+                // it starts at or before it (seq is dense): no second read.
+                let seen = if tail.first().is_some_and(|m| m.seq <= read + 1) {
+                    tail.into_iter().filter(|m| m.seq > read).collect()
+                } else {
+                    store.messages_after(&c.id, read, UNREAD_SCAN).await?
+                };
                 let counted = seen
                     .iter()
                     .filter(|m| {

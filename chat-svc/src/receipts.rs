@@ -11,10 +11,8 @@
 //! connect), so the queue is in memory. A flush that fails keeps its
 //! receipts for the next one.
 
-use bytes::Bytes;
-use parley::bus::{EventBus, Topic};
-use parley::proto::{ChatEvent, ReceiptEvent, chat_event};
-use prost::Message;
+use parley::bus::EventBus;
+use parley::proto::{ReceiptEvent, chat_event};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,17 +75,9 @@ impl ReceiptQueue {
             return;
         }
         let publishes = receipts.into_iter().map(|receipt| async move {
-            let event = ChatEvent {
-                event: Some(chat_event::Event::Receipt(receipt.clone())),
-            };
-            let key = receipt.conversation_id.clone();
-            bus.publish(
-                Topic::ChatMessages,
-                &key,
-                Bytes::from(event.encode_to_vec()),
-            )
-            .await
-            .map_err(|e| (receipt, e))
+            crate::sequencer::queue(bus, chat_event::Event::Receipt(receipt.clone()))
+                .await
+                .map_err(|e| (receipt, e))
         });
         for result in futures::future::join_all(publishes).await {
             if let Err((receipt, e)) = result {

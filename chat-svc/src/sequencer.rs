@@ -24,7 +24,9 @@
 use crate::changes::refusal;
 use crate::chat::Chat;
 use crate::tally::Tally;
-use parley::bus::{Record, Subscription, Topic, next_batch_until, subscribe_until};
+use parley::bus::{
+    BusError, EventBus, Record, Subscription, Topic, next_batch_until, subscribe_until,
+};
 use parley::proto::{
     ChatEvent, ChatMessage, Conversation, MessageKind, PushNotification, ReceiptEvent, ReceiptKind,
     chat_event,
@@ -39,6 +41,19 @@ use tokio_util::sync::CancellationToken;
 
 pub const GROUP: &str = "chat-svc";
 const BATCH: usize = 512;
+
+/// Queues `event` on `chat-messages`, keyed by its conversation: each
+/// conversation's events land on one partition, whose owner sequences them
+/// in the order they were queued.
+pub async fn queue(bus: &dyn EventBus, event: chat_event::Event) -> Result<(), BusError> {
+    let key = match &event {
+        chat_event::Event::MessageSent(m) => m.conversation_id.clone(),
+        chat_event::Event::Receipt(r) => r.conversation_id.clone(),
+    };
+    let payload = ChatEvent { event: Some(event) }.encode_to_vec();
+    bus.publish(Topic::ChatMessages, &key, bytes::Bytes::from(payload))
+        .await
+}
 
 /// Consumes until `shutdown`. Store failures are retried with backoff
 /// without committing, so nothing is skipped.
