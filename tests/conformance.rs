@@ -44,6 +44,12 @@ mod embedded_bus_checks {
         let dir = tempfile::tempdir().unwrap();
         bus::survives_reopen(embedded_bus(dir.path().to_path_buf())).await;
     }
+
+    #[tokio::test]
+    async fn continues_after_trim_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        bus::continues_after_trim_and_reopen(embedded_bus(dir.path().to_path_buf())).await;
+    }
 }
 
 mod memory_registry_checks {
@@ -148,6 +154,15 @@ mod kafka_bus_checks {
         };
         let prefix = format!("{}.", random("t"));
         bus::survives_reopen(|| open(&brokers, &prefix)).await;
+    }
+
+    #[tokio::test]
+    async fn continues_after_trim_and_reopen() {
+        let Some(brokers) = real("KAFKA_BROKERS") else {
+            return;
+        };
+        let prefix = format!("{}.", random("t"));
+        bus::continues_after_trim_and_reopen(|| open(&brokers, &prefix)).await;
     }
 }
 

@@ -21,6 +21,13 @@ use tokio::sync::{oneshot, watch};
 const LOG: TableDefinition<(u8, u32, u64), (&str, &[u8])> = TableDefinition::new("log");
 /// (group, topic, partition) → next offset to consume.
 const OFFSETS: TableDefinition<(&str, u8, u32), u64> = TableDefinition::new("offsets");
+/// (topic, partition) → log end offset: the offset the next record gets.
+/// Kept on its own because retention deletes the records it could otherwise
+/// be derived from: with every record of a partition trimmed, "last record
+/// + 1" would restart at 0 below the groups' committed offsets, and every
+/// record published after a restart would be skipped as already consumed
+/// (Kafka keeps its log end offset across retention for the same reason).
+const HEADS: TableDefinition<(u8, u32), u64> = TableDefinition::new("heads");
 /// Settings the data was written with: `partitions`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -83,7 +90,7 @@ impl EmbeddedBus {
         let partitions = partitions.max(1);
         std::fs::create_dir_all(dir).map_err(storage)?;
         let db = Arc::new(Database::create(dir.join("bus.redb")).map_err(storage)?);
-        let mut heads = HashMap::new();
+        let heads;
         {
             let txn = db.begin_write().map_err(storage)?;
             txn.open_table(LOG).map_err(storage)?;
@@ -108,23 +115,9 @@ impl EmbeddedBus {
                     }
                 }
             }
+            txn.open_table(HEADS).map_err(storage)?;
             txn.commit().map_err(storage)?;
-            let txn = db.begin_read().map_err(storage)?;
-            let log = txn.open_table(LOG).map_err(storage)?;
-            for topic in Topic::ALL {
-                for p in 0..partitions {
-                    let t = topic.index();
-                    let last = log
-                        .range((t, p, 0)..=(t, p, u64::MAX))
-                        .map_err(storage)?
-                        .next_back()
-                        .transpose()
-                        .map_err(storage)?
-                        .map(|(k, _)| k.value().2 + 1)
-                        .unwrap_or(0);
-                    heads.insert((topic, p), last);
-                }
-            }
+            heads = recover_heads(&db, partitions)?;
         }
         let heads = Arc::new(Mutex::new(heads));
         let versions: Arc<HashMap<Topic, watch::Sender<u64>>> = Arc::new(
@@ -179,6 +172,42 @@ impl Drop for Inner {
             let _ = thread.join();
         }
     }
+}
+
+/// The log end offset of every partition at start-up: the highest of the
+/// stored head, the last record kept + 1 and any group's committed offset.
+/// The last two only matter for a data directory written before `HEADS`
+/// existed; taking the maximum means no new record can ever get an offset
+/// a group has already committed past.
+fn recover_heads(db: &Database, partitions: u32) -> Result<HashMap<(Topic, u32), u64>, BusError> {
+    let txn = db.begin_read().map_err(storage)?;
+    let log = txn.open_table(LOG).map_err(storage)?;
+    let stored = txn.open_table(HEADS).map_err(storage)?;
+    let offsets = txn.open_table(OFFSETS).map_err(storage)?;
+    let mut committed: HashMap<(u8, u32), u64> = HashMap::new();
+    for row in offsets.iter().map_err(storage)? {
+        let (k, v) = row.map_err(storage)?;
+        let (_, t, p) = k.value();
+        let c = committed.entry((t, p)).or_insert(0);
+        *c = (*c).max(v.value());
+    }
+    let mut heads = HashMap::new();
+    for topic in Topic::ALL {
+        let t = topic.index();
+        for p in 0..partitions {
+            let after_last = log
+                .range((t, p, 0)..=(t, p, u64::MAX))
+                .map_err(storage)?
+                .next_back()
+                .transpose()
+                .map_err(storage)?
+                .map_or(0, |(k, _)| k.value().2 + 1);
+            let kept = stored.get((t, p)).map_err(storage)?.map_or(0, |v| v.value());
+            let consumed = committed.get(&(t, p)).copied().unwrap_or(0);
+            heads.insert((topic, p), after_last.max(kept).max(consumed));
+        }
+    }
+    Ok(heads)
 }
 
 struct Writer {
@@ -257,6 +286,9 @@ impl Writer {
         {
             let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
             let mut offsets = txn.open_table(OFFSETS).map_err(|e| e.to_string())?;
+            // The heads move in the same transaction as the records, so a
+            // crash keeps both or neither.
+            let mut appended: Vec<(Topic, u32)> = Vec::new();
             for op in ops {
                 match op {
                     WriteOp::Publish {
@@ -270,6 +302,9 @@ impl Writer {
                         log.insert((topic.index(), p, *offset), (key.as_str(), &payload[..]))
                             .map_err(|e| e.to_string())?;
                         *offset += 1;
+                        if !appended.contains(&(*topic, p)) {
+                            appended.push((*topic, p));
+                        }
                     }
                     WriteOp::Commit {
                         group,
@@ -289,6 +324,15 @@ impl Writer {
                             }
                         }
                     }
+                }
+            }
+            if !appended.is_empty() {
+                let mut heads = txn.open_table(HEADS).map_err(|e| e.to_string())?;
+                for (topic, p) in appended {
+                    let head = next.get(&(topic, p)).copied().unwrap_or(0);
+                    heads
+                        .insert((topic.index(), p), head)
+                        .map_err(|e| e.to_string())?;
                 }
             }
             trim(&mut log, &offsets, ops)?;

@@ -125,3 +125,62 @@ async fn accounts_and_history_survive_and_an_acked_message_outlives_kill_9() {
     assert_eq!(history["messages"].as_array().unwrap().len(), 2);
     node.kill();
 }
+
+impl Node {
+    /// SIGTERM, as Ctrl-C or a service manager stops it: the clean
+    /// shutdown path runs (offsets committed, retention trims the log).
+    fn terminate(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "parley exited with {exit} on SIGTERM");
+    }
+}
+
+/// The restart sequence of issue 10: one message exchanged, an ordinary
+/// stop (everything consumed, so the log is trimmed), a restart, and the
+/// next messages must still be sequenced, pushed and stored, every round.
+#[tokio::test]
+async fn messages_after_an_ordinary_restart_are_delivered_and_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = backend_config(dir.path());
+    let node = start(dir.path(), &backends);
+    let alice = node.app.register("alice").await;
+    let bob = node.app.register("bob").await;
+    let mut node = Some(node);
+    let mut expected_seq = 0;
+    let mut conversation = String::new();
+    for round in 0..3 {
+        let app = &node.as_ref().unwrap().app;
+        let mut a = app.connect(&alice).await;
+        let mut b = app.connect(&bob).await;
+        for i in 0..2 {
+            let acked = a.send_message(&bob.id, &format!("round {round}, #{i}")).await;
+            let pushed = b.expect("new_message").await;
+            expected_seq += 1;
+            assert_eq!(pushed["message"]["id"], acked["id"], "round {round}");
+            assert_eq!(pushed["message"]["seq"], expected_seq, "round {round}");
+            conversation = acked["conversation_id"].as_str().unwrap().to_owned();
+        }
+        let (_, history) = app
+            .get(
+                &format!("/api/conversations/{conversation}/messages"),
+                Some(&bob.token),
+            )
+            .await;
+        let seqs: Vec<u64> = history["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=expected_seq).collect::<Vec<_>>(), "round {round}");
+        drop((a, b));
+        node.take().unwrap().terminate();
+        node = Some(start(dir.path(), &backends));
+    }
+    node.take().unwrap().kill();
+}
