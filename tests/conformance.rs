@@ -36,7 +36,8 @@ mod embedded_bus_checks {
         keeps_order_per_key,
         resumes_after_the_last_commit,
         groups_are_independent,
-        members_share_and_take_over
+        members_share_and_take_over,
+        reports_consumer_lag
     );
 
     #[tokio::test]
@@ -144,7 +145,8 @@ mod kafka_bus_checks {
         keeps_order_per_key,
         resumes_after_the_last_commit,
         groups_are_independent,
-        members_share_and_take_over
+        members_share_and_take_over,
+        reports_consumer_lag
     );
 
     #[tokio::test]

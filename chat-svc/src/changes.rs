@@ -88,6 +88,7 @@ impl Chat {
         if let Some(refused) = refusal(&target, user.as_str(), kind) {
             return Err(refused);
         }
+        self.admit().await?;
         self.count_send(user).await?;
         let id = MessageId::generate().into_string();
         let entry = ChatMessage {

@@ -21,6 +21,10 @@ const DEDUPE_TTL: Duration = Duration::from_secs(3600);
 /// publish takes; short, so a crash between claim and publish does not
 /// block retries for long.
 const PENDING_TTL: Duration = Duration::from_secs(30);
+/// Default bound of the sequencers' backlog (see [`Chat::admit`]): at the
+/// embedded default's few thousand messages per second, about half a second
+/// of work.
+pub const DEFAULT_MAX_BACKLOG: u64 = 1000;
 /// Search results when the caller does not say, and at most.
 const DEFAULT_SEARCH_LIMIT: usize = 50;
 const MAX_SEARCH_LIMIT: usize = 100;
@@ -58,6 +62,7 @@ pub struct Chat {
     send_limit: SendLimit,
     webhook: Option<crate::notifier::Webhook>,
     pub(crate) max_group_members: usize,
+    max_backlog: u64,
     pub(crate) receipts: crate::receipts::ReceiptQueue,
     pub(crate) memberships: crate::conversations::MembershipCache,
 }
@@ -132,6 +137,7 @@ impl Chat {
             send_limit,
             webhook: None,
             max_group_members: crate::groups::DEFAULT_MAX_MEMBERS,
+            max_backlog: DEFAULT_MAX_BACKLOG,
             receipts: crate::receipts::ReceiptQueue::default(),
             memberships: crate::conversations::MembershipCache::default(),
         }
@@ -141,6 +147,36 @@ impl Chat {
     pub fn with_group_limit(mut self, max_members: usize) -> Self {
         self.max_group_members = max_members.max(2);
         self
+    }
+
+    /// Most records `chat-messages` may hold that the sequencers have not
+    /// committed (summed over partitions) before new sends are refused.
+    pub fn with_backlog_limit(mut self, max_backlog: u64) -> Self {
+        self.max_backlog = max_backlog.max(1);
+        self
+    }
+
+    /// Admission control: while the sequencers are more than `max_backlog`
+    /// records behind, a new send (or change) is refused with `unavailable`
+    /// at once instead of queueing behind them. Every record accepted past
+    /// that point would wait `backlog / throughput` before delivery, so the
+    /// bound is what keeps accepted messages prompt under overload; the
+    /// client resends with the same `client_msg_id`. An unknown lag admits.
+    pub(crate) async fn admit(&self) -> Result<(), ApiError> {
+        let lag = self
+            .backends
+            .bus
+            .lag(crate::sequencer::GROUP, parley::bus::Topic::ChatMessages)
+            .await;
+        match lag {
+            Some(lag) if lag > self.max_backlog => {
+                metrics::counter!("parley_chat_sends_refused_backlog_total").increment(1);
+                Err(ApiError::unavailable(
+                    "server busy: too many messages waiting to be delivered; retry shortly",
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Counts one send (a message or a change to one) against the user's
@@ -197,6 +233,7 @@ impl Chat {
                 duplicate: true,
             });
         }
+        self.admit().await?;
         self.count_send(user).await?;
         let conversation = resolve(store, user, target, true).await?;
         let message = ChatMessage {
@@ -276,13 +313,18 @@ impl Chat {
         {
             return Err(ApiError::conversation_not_found());
         }
-        self.receipts.add(ReceiptEvent {
+        let queued = self.receipts.add(ReceiptEvent {
             conversation_id: conversation.as_str().to_owned(),
             user_id: user.as_str().to_owned(),
             kind: kind as i32,
             up_to_seq,
             at_ms: now_ms(),
         });
+        if !queued {
+            return Err(ApiError::unavailable(
+                "too many receipts waiting to be published; mark again shortly",
+            ));
+        }
         Ok(())
     }
 

@@ -105,6 +105,17 @@ pub struct ChatArgs {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=100_000)
     )]
     pub group_max_members: usize,
+    /// Most messages that may wait on `chat-messages` for the sequencers
+    /// (consumer lag summed over partitions) before sends are refused with
+    /// `unavailable`.
+    #[arg(
+        long,
+        env = "PARLEY_MAX_BACKLOG",
+        global = true,
+        default_value_t = chat::DEFAULT_MAX_BACKLOG,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_backlog: u64,
 }
 
 impl ChatArgs {
@@ -136,7 +147,8 @@ pub async fn run_standalone(
     let parts = node;
     let chat = Chat::new(parts.backends.clone(), parts.pusher, args.send_limit())
         .with_webhook(args.webhook())
-        .with_group_limit(args.group_max_members);
+        .with_group_limit(args.group_max_members)
+        .with_backlog_limit(args.max_backlog);
     let served = serve(parts.grpc, chat, parts.backends, parts.shutdown.clone()).await;
     parts.shutdown.cancel();
     let _ = parts.announcer.await;

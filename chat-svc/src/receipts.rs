@@ -18,6 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Bound of the queue: distinct cursors (conversation, user, kind) waiting
+/// for a flush. A flush empties it every [`FLUSH_EVERY`], so it fills only
+/// when the bus refuses publishes; past it a new cursor's mark is refused
+/// (`unavailable`, the client marks again), while marks of queued cursors
+/// still merge.
+pub const MAX_PENDING: usize = 50_000;
+
 /// How long a receipt may wait to be coalesced with later ones.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
@@ -34,20 +41,26 @@ impl ReceiptQueue {
     }
 
     /// Queues `receipt`, merged with a pending one for the same cursor.
-    pub fn add(&self, receipt: ReceiptEvent) {
+    /// Answers `false`, queueing nothing, when it is a new cursor and the
+    /// queue holds [`MAX_PENDING`] already.
+    #[must_use]
+    pub fn add(&self, receipt: ReceiptEvent) -> bool {
         let key = (
             receipt.conversation_id.clone(),
             receipt.user_id.clone(),
             receipt.kind,
         );
         let mut pending = self.pending();
+        let full = pending.len() >= MAX_PENDING;
         match pending.get_mut(&key) {
             Some(queued) if queued.up_to_seq >= receipt.up_to_seq => {}
             Some(queued) => *queued = receipt,
+            None if full => return false,
             None => {
                 pending.insert(key, receipt);
             }
         }
+        true
     }
 
     fn take(&self) -> Vec<ReceiptEvent> {
@@ -81,8 +94,10 @@ impl ReceiptQueue {
         });
         for result in futures::future::join_all(publishes).await {
             if let Err((receipt, e)) = result {
+                if !self.add(receipt) {
+                    metrics::counter!("parley_chat_receipts_dropped_total").increment(1);
+                }
                 tracing::warn!(error = %e, "receipts not published; kept for the next flush");
-                self.add(receipt);
             }
         }
     }
@@ -105,11 +120,15 @@ mod tests {
     #[test]
     fn the_highest_mark_per_cursor_is_kept() {
         let queue = ReceiptQueue::default();
-        queue.add(receipt("a", 2, 3));
-        queue.add(receipt("a", 2, 7));
-        queue.add(receipt("a", 2, 5));
-        queue.add(receipt("a", 1, 1));
-        queue.add(receipt("b", 2, 2));
+        for r in [
+            receipt("a", 2, 3),
+            receipt("a", 2, 7),
+            receipt("a", 2, 5),
+            receipt("a", 1, 1),
+            receipt("b", 2, 2),
+        ] {
+            assert!(queue.add(r));
+        }
         let mut taken: Vec<(String, i32, u64)> = queue
             .take()
             .into_iter()
@@ -121,5 +140,22 @@ mod tests {
             [("a".into(), 1, 1), ("a".into(), 2, 7), ("b".into(), 2, 2)]
         );
         assert!(queue.take().is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_refuses_new_cursors_and_merges_queued_ones() {
+        let queue = ReceiptQueue::default();
+        for i in 0..MAX_PENDING {
+            assert!(queue.add(receipt(&format!("u{i}"), 2, 1)));
+        }
+        assert!(!queue.add(receipt("newcomer", 2, 1)), "past the bound");
+        assert!(
+            queue.add(receipt("u0", 2, 9)),
+            "a queued cursor still moves"
+        );
+        let taken = queue.take();
+        assert_eq!(taken.len(), MAX_PENDING);
+        assert!(taken.iter().any(|r| r.user_id == "u0" && r.up_to_seq == 9));
+        assert!(queue.add(receipt("newcomer", 2, 1)), "room after a flush");
     }
 }

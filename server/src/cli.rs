@@ -62,6 +62,7 @@ impl Cli {
             send_limit: self.chat.send_limit(),
             notify: self.chat.webhook(),
             group_max_members: self.chat.group_max_members,
+            max_backlog: self.chat.max_backlog,
         })
     }
 }

@@ -40,6 +40,8 @@ pub struct AppConfig {
     pub notify: Option<parley_chat::notifier::Webhook>,
     /// Most members a group may have.
     pub group_max_members: usize,
+    /// Most messages waiting for the sequencers before sends are refused.
+    pub max_backlog: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +116,8 @@ impl App {
         }));
         let chat = Chat::new(backends.clone(), pusher.clone(), config.send_limit)
             .with_webhook(config.notify.clone())
-            .with_group_limit(config.group_max_members);
+            .with_group_limit(config.group_max_members)
+            .with_backlog_limit(config.max_backlog);
         tasks.push(tokio::spawn({
             let (b, s) = (backends.clone(), shutdown.clone());
             async move { log_exit("chat", parley_chat::serve(chat_l, chat, b, s).await) }

@@ -31,6 +31,17 @@ const HEADS: TableDefinition<(u8, u32), u64> = TableDefinition::new("heads");
 /// Settings the data was written with: `partitions`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// redb's page cache for the log. redb's default is 1 GiB per database,
+/// which a busy server fills and keeps; records live only until every group
+/// consumed them, so the hot part of the log is small.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Bound of the writer's queue (publishes and commits waiting for the next
+/// transaction). Past it a publish is refused at once with
+/// [`BusError::Overloaded`] instead of waiting: a send the bus cannot take
+/// is answered `unavailable` and resent by the client.
+const WRITE_QUEUE: usize = 4096;
+
 /// Most operations folded into one write transaction.
 const MAX_GROUP_COMMIT: usize = 1024;
 
@@ -50,7 +61,7 @@ impl std::fmt::Debug for EmbeddedBus {
 struct Inner {
     db: Arc<Database>,
     partitions: u32,
-    writer: Mutex<Option<mpsc::Sender<WriteOp>>>,
+    writer: Mutex<Option<mpsc::SyncSender<WriteOp>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     /// Next offset per (topic, partition): everything below is readable.
     heads: Arc<Mutex<HashMap<(Topic, u32), u64>>>,
@@ -58,6 +69,8 @@ struct Inner {
     versions: Arc<HashMap<Topic, watch::Sender<u64>>>,
     groups: Mutex<HashMap<(String, Topic), Group>>,
     next_member: Mutex<u64>,
+    /// Committed offsets as in `OFFSETS`, mirrored in memory for [`EventBus::lag`].
+    committed: Arc<Mutex<HashMap<(String, Topic, u32), u64>>>,
 }
 
 struct Group {
@@ -89,8 +102,14 @@ impl EmbeddedBus {
     pub fn open(dir: &Path, partitions: u32) -> Result<Self, BusError> {
         let partitions = partitions.max(1);
         std::fs::create_dir_all(dir).map_err(storage)?;
-        let db = Arc::new(Database::create(dir.join("bus.redb")).map_err(storage)?);
+        let db = Arc::new(
+            redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create(dir.join("bus.redb"))
+                .map_err(storage)?,
+        );
         let heads;
+        let committed;
         {
             let txn = db.begin_write().map_err(storage)?;
             txn.open_table(LOG).map_err(storage)?;
@@ -118,20 +137,23 @@ impl EmbeddedBus {
             txn.open_table(HEADS).map_err(storage)?;
             txn.commit().map_err(storage)?;
             heads = recover_heads(&db, partitions)?;
+            committed = committed_offsets(&db)?;
         }
         let heads = Arc::new(Mutex::new(heads));
+        let committed = Arc::new(Mutex::new(committed));
         let versions: Arc<HashMap<Topic, watch::Sender<u64>>> = Arc::new(
             Topic::ALL
                 .into_iter()
                 .map(|t| (t, watch::Sender::new(0)))
                 .collect(),
         );
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE);
         let writer = Writer {
             db: db.clone(),
             partitions,
             heads: heads.clone(),
             versions: versions.clone(),
+            committed: committed.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("parley-bus-writer".into())
@@ -147,6 +169,7 @@ impl EmbeddedBus {
                 versions,
                 groups: Mutex::new(HashMap::new()),
                 next_member: Mutex::new(0),
+                committed,
             }),
         })
     }
@@ -156,8 +179,11 @@ impl EmbeddedBus {
         guard
             .as_ref()
             .ok_or(BusError::Closed)?
-            .send(op)
-            .map_err(|_| BusError::Closed)
+            .try_send(op)
+            .map_err(|e| match e {
+                mpsc::TrySendError::Full(_) => BusError::Overloaded("the bus write queue is full"),
+                mpsc::TrySendError::Disconnected(_) => BusError::Closed,
+            })
     }
 }
 
@@ -202,7 +228,10 @@ fn recover_heads(db: &Database, partitions: u32) -> Result<HashMap<(Topic, u32),
                 .transpose()
                 .map_err(storage)?
                 .map_or(0, |(k, _)| k.value().2 + 1);
-            let kept = stored.get((t, p)).map_err(storage)?.map_or(0, |v| v.value());
+            let kept = stored
+                .get((t, p))
+                .map_err(storage)?
+                .map_or(0, |v| v.value());
             let consumed = committed.get(&(t, p)).copied().unwrap_or(0);
             heads.insert((topic, p), after_last.max(kept).max(consumed));
         }
@@ -210,11 +239,27 @@ fn recover_heads(db: &Database, partitions: u32) -> Result<HashMap<(Topic, u32),
     Ok(heads)
 }
 
+/// Every group's committed offsets, by (group, topic, partition).
+fn committed_offsets(db: &Database) -> Result<HashMap<(String, Topic, u32), u64>, BusError> {
+    let txn = db.begin_read().map_err(storage)?;
+    let offsets = txn.open_table(OFFSETS).map_err(storage)?;
+    let mut out = HashMap::new();
+    for row in offsets.iter().map_err(storage)? {
+        let (k, v) = row.map_err(storage)?;
+        let (group, t, p) = k.value();
+        if let Some(topic) = Topic::ALL.into_iter().find(|x| x.index() == t) {
+            out.insert((group.to_owned(), topic, p), v.value());
+        }
+    }
+    Ok(out)
+}
+
 struct Writer {
     db: Arc<Database>,
     partitions: u32,
     heads: Arc<Mutex<HashMap<(Topic, u32), u64>>>,
     versions: Arc<HashMap<Topic, watch::Sender<u64>>>,
+    committed: Arc<Mutex<HashMap<(String, Topic, u32), u64>>>,
 }
 
 impl Writer {
@@ -250,6 +295,22 @@ impl Writer {
                 touched.dedup();
                 if let Ok(mut heads) = self.heads.lock() {
                     *heads = next;
+                }
+                if let Ok(mut committed) = self.committed.lock() {
+                    for op in &ops {
+                        if let WriteOp::Commit {
+                            group,
+                            topic,
+                            offsets,
+                            ..
+                        } = op
+                        {
+                            for (p, o) in offsets {
+                                let c = committed.entry((group.clone(), *topic, *p)).or_insert(0);
+                                *c = (*c).max(*o);
+                            }
+                        }
+                    }
                 }
                 touched
             }
@@ -438,6 +499,21 @@ impl EventBus for EmbeddedBus {
     async fn ping(&self) -> Result<(), BusError> {
         let guard = self.inner.writer.lock().map_err(|_| BusError::Closed)?;
         guard.as_ref().map(|_| ()).ok_or(BusError::Closed)
+    }
+
+    async fn lag(&self, group: &str, topic: Topic) -> Option<u64> {
+        let heads = self.inner.heads.lock().ok()?;
+        let committed = self.inner.committed.lock().ok()?;
+        let mut lag = 0;
+        let mut known = false;
+        for p in 0..self.inner.partitions {
+            let head = heads.get(&(topic, p)).copied().unwrap_or(0);
+            if let Some(c) = committed.get(&(group.to_owned(), topic, p)) {
+                known = true;
+                lag += head.saturating_sub(*c);
+            }
+        }
+        known.then_some(lag)
     }
 }
 

@@ -17,22 +17,30 @@ use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-/// How long a publish may wait for the broker before it is refused.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound of the producer's local queue (librdkafka's
+/// `queue.buffering.max.messages`): records handed to the client and not
+/// yet acknowledged by the broker. A publish that finds it full is refused
+/// at once ([`BusError::Overloaded`]) rather than waiting for room; the
+/// broker's own ack still has `message.timeout.ms` (10 s).
+const PRODUCER_QUEUE: usize = 10_000;
 
 #[derive(Clone)]
 pub struct KafkaBus {
     brokers: String,
     prefix: String,
     producer: FutureProducer,
+    /// Consumer lag per (group, topic) asked about, each refreshed by a
+    /// background task every [`super::LAG_REFRESH`] while this bus lives.
+    lags: Arc<Mutex<HashMap<(String, Topic), Arc<Mutex<Option<u64>>>>>>,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -63,6 +71,7 @@ impl KafkaBus {
             .set("acks", "all")
             .set("linger.ms", "2")
             .set("message.timeout.ms", "10000")
+            .set("queue.buffering.max.messages", PRODUCER_QUEUE.to_string())
             .set("socket.connection.setup.timeout.ms", "3000")
             .create()
             .map_err(unavailable)?;
@@ -70,6 +79,7 @@ impl KafkaBus {
             brokers: brokers.to_owned(),
             prefix: prefix.to_owned(),
             producer,
+            lags: Arc::default(),
         };
         bus.probe().await?;
         bus.create_topics(partitions, replication).await?;
@@ -130,6 +140,47 @@ impl KafkaBus {
         .map_err(|e| BusError::Unavailable(e.to_string()))?
     }
 
+    /// Starts the background view of `group`'s lag on `topic`: a consumer
+    /// client of the group that never joins it (so it takes no partitions)
+    /// asks for the committed offsets and each partition's high watermark.
+    fn watch_lag(&self, group: &str, topic: Topic, view: &Arc<Mutex<Option<u64>>>) {
+        let consumer: BaseConsumer = match ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("socket.connection.setup.timeout.ms", "3000")
+            .create()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch consumer lag");
+                return;
+            }
+        };
+        let consumer = Arc::new(consumer);
+        let name = self.topic_name(topic);
+        let view: Weak<Mutex<Option<u64>>> = Arc::downgrade(view);
+        tokio::spawn(async move {
+            loop {
+                let (c, n) = (consumer.clone(), name.clone());
+                let measured = tokio::task::spawn_blocking(move || measure_lag(&c, &n))
+                    .await
+                    .ok()
+                    .and_then(|r| {
+                        r.map_err(|e| tracing::debug!(error = %e, "lag not measured"))
+                            .ok()
+                    })
+                    .flatten();
+                let Some(view) = view.upgrade() else { return };
+                if let Ok(mut v) = view.lock() {
+                    *v = measured;
+                }
+                drop(view);
+                tokio::time::sleep(super::LAG_REFRESH).await;
+            }
+        });
+    }
+
     fn topic_name(&self, topic: Topic) -> String {
         format!("{}{}", self.prefix, topic.name())
     }
@@ -186,11 +237,17 @@ impl EventBus for KafkaBus {
     async fn publish(&self, topic: Topic, key: &str, payload: Bytes) -> Result<(), BusError> {
         let name = self.topic_name(topic);
         let record = FutureRecord::to(&name).key(key).payload(payload.as_ref());
+        // A zero queue timeout: a full local queue fails the send at once.
         self.producer
-            .send(record, PUBLISH_TIMEOUT)
+            .send(record, Duration::ZERO)
             .await
             .map(|_| ())
-            .map_err(|(e, _)| unavailable(e))
+            .map_err(|(e, _)| match e {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                    BusError::Overloaded("the Kafka producer queue is full")
+                }
+                e => unavailable(e),
+            })
     }
 
     async fn subscribe(
@@ -241,6 +298,53 @@ impl EventBus for KafkaBus {
         .await
         .map_err(|e| BusError::Unavailable(e.to_string()))?
     }
+
+    async fn lag(&self, group: &str, topic: Topic) -> Option<u64> {
+        let (view, new) = {
+            let mut lags = self.lags.lock().ok()?;
+            match lags.get(&(group.to_owned(), topic)) {
+                Some(v) => (v.clone(), false),
+                None => {
+                    let v = Arc::new(Mutex::new(None));
+                    lags.insert((group.to_owned(), topic), v.clone());
+                    (v, true)
+                }
+            }
+        };
+        if new {
+            self.watch_lag(group, topic, &view);
+        }
+        *view.lock().ok()?
+    }
+}
+
+/// Sum over `topic`'s partitions of high watermark − the group's committed
+/// offset; `None` when the group has committed on none of them.
+fn measure_lag(consumer: &BaseConsumer, topic: &str) -> Result<Option<u64>, KafkaError> {
+    let timeout = Duration::from_secs(2);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut list = TopicPartitionList::new();
+    for p in &partitions {
+        list.add_partition(topic, *p);
+    }
+    let committed = consumer.committed_offsets(list, timeout)?;
+    let mut lag = 0u64;
+    let mut known = false;
+    for p in partitions {
+        let Some(Offset::Offset(c)) = committed.find_partition(topic, p).map(|e| e.offset()) else {
+            continue;
+        };
+        let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        known = true;
+        lag += u64::try_from(high.saturating_sub(c)).unwrap_or(0);
+    }
+    Ok(known.then_some(lag))
 }
 
 /// Errors librdkafka reports while it reconnects on its own (broker down,

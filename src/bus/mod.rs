@@ -64,10 +64,18 @@ pub enum BusError {
     Storage(String),
     #[error("event bus is shut down")]
     Closed,
+    /// The bus (or the consumers behind it) is past a stated bound; the
+    /// caller should refuse the work now and let the client retry.
+    #[error("event bus overloaded: {0}")]
+    Overloaded(&'static str),
 }
 
 impl From<BusError> for crate::ApiError {
     fn from(err: BusError) -> Self {
+        if let BusError::Overloaded(_) = err {
+            metrics::counter!("parley_bus_overloaded_total").increment(1);
+            return crate::ApiError::unavailable("server busy, retry shortly");
+        }
         tracing::warn!(error = %err, "bus error");
         crate::ApiError::unavailable("message bus unavailable, try again")
     }
@@ -86,7 +94,19 @@ pub trait EventBus: Send + Sync + 'static {
 
     /// Answers whether the bus can take writes now (for readiness).
     async fn ping(&self) -> Result<(), BusError>;
+
+    /// The consumer lag of `group` on `topic`, summed over partitions:
+    /// records published and not yet committed by the group (Kafka's
+    /// definition: log end offset − committed offset, per partition). Cheap
+    /// enough for every send: answered from memory, or from a view refreshed
+    /// in the background (at most [`LAG_REFRESH`] old). `None` while it is
+    /// unknown (the group never committed, the view is not filled yet or the
+    /// broker does not answer): callers must not refuse work on a `None`.
+    async fn lag(&self, group: &str, topic: Topic) -> Option<u64>;
 }
+
+/// How old a background view of consumer lag may be.
+pub const LAG_REFRESH: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[async_trait]
 pub trait Subscription: Send {

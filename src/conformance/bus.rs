@@ -227,3 +227,36 @@ where
         sub.commit(&records).await.unwrap();
     }
 }
+
+/// Waits until `lag` answers `want` (views may trail by `LAG_REFRESH`).
+async fn lag_becomes(bus: &dyn EventBus, group: &str, want: Option<u64>) {
+    super::eventually(&format!("lag of {group} is {want:?}"), || async {
+        bus.lag(group, Topic::ChatMessages).await == want
+    })
+    .await;
+}
+
+/// `lag` counts what a group has not committed: unknown before its first
+/// commit, then the records published past its committed offsets.
+pub async fn reports_consumer_lag(bus: Arc<dyn EventBus>) {
+    let prefix = unique("lag");
+    let group = unique("g");
+    let key = format!("{prefix}-k");
+    assert_eq!(bus.lag(&group, Topic::ChatMessages).await, None);
+    let mut sub = bus.subscribe(&group, Topic::ChatMessages).await.unwrap();
+    bus.publish(Topic::ChatMessages, &key, Bytes::from_static(b"0"))
+        .await
+        .unwrap();
+    let first = collect(&mut sub, &prefix, 1).await;
+    sub.commit(&first).await.unwrap();
+    lag_becomes(bus.as_ref(), &group, Some(0)).await;
+    for i in 1..=5 {
+        bus.publish(Topic::ChatMessages, &key, Bytes::from(format!("{i}")))
+            .await
+            .unwrap();
+    }
+    lag_becomes(bus.as_ref(), &group, Some(5)).await;
+    let rest = collect(&mut sub, &prefix, 5).await;
+    sub.commit(&rest).await.unwrap();
+    lag_becomes(bus.as_ref(), &group, Some(0)).await;
+}

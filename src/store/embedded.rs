@@ -33,6 +33,11 @@ const MESSAGE_BY_ID: TableDefinition<(&str, &str), u64> = TableDefinition::new("
 /// (conversation, user) → (delivered seq, read seq).
 const CURSORS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("cursors");
 
+/// redb's page cache for the store. redb's default is 1 GiB per database,
+/// which a busy server fills and keeps; recent history (what sync, history
+/// and sequencing read) fits in far less, and the OS page cache holds the rest.
+const CACHE_BYTES: usize = 128 * 1024 * 1024;
+
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -56,7 +61,10 @@ impl EmbeddedStore {
     /// Opens (or creates) `store.redb` in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(unavailable)?;
-        let db = Database::create(dir.join("store.redb")).map_err(unavailable)?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join("store.redb"))
+            .map_err(unavailable)?;
         let txn = db.begin_write().map_err(unavailable)?;
         txn.open_table(USERS).map_err(unavailable)?;
         txn.open_table(USER_BY_EMAIL).map_err(unavailable)?;

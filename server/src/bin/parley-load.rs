@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::connect_async_with_config;
@@ -50,6 +51,22 @@ enum Mode {
         /// Unacknowledged messages each sender keeps in flight.
         #[arg(long, default_value_t = 16)]
         window: usize,
+    },
+    /// Open-loop overload: senders send on a fixed schedule whatever the
+    /// answers, so the server sees the offered rate even past its capacity.
+    /// Reports what was accepted, refused (by code) and delivered, send →
+    /// deliver of accepted messages and the server's peak RSS.
+    Flood {
+        #[arg(long, default_value_t = 200)]
+        pairs: usize,
+        /// Offered messages per second, over all senders.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// The server process whose RSS is sampled.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// Fan-out to one large group, every member online.
     Group {
@@ -101,6 +118,12 @@ async fn main() -> anyhow::Result<()> {
                 connections,
                 server_pid,
             } => idle(&args.url, connections, server_pid).await,
+            Mode::Flood {
+                pairs,
+                rate,
+                secs,
+                server_pid,
+            } => flood(&args.url, pairs, rate, secs, server_pid).await,
             Mode::Group {
                 members,
                 messages,
@@ -502,6 +525,157 @@ async fn idle(url: &str, connections: usize, server_pid: u32) -> anyhow::Result<
         after as f64 / 1024.0,
         (after.saturating_sub(before)) as f64 / connections as f64,
     );
+    Ok(())
+}
+
+/// What one flood sender saw.
+#[derive(Default)]
+struct FloodTally {
+    offered: u64,
+    acked: HashSet<String>,
+    refused: HashMap<String, u64>,
+}
+
+async fn flood(
+    url: &str,
+    pairs: usize,
+    rate: u64,
+    secs: u64,
+    server_pid: Option<u32>,
+) -> anyhow::Result<()> {
+    let users = register_many(url, &prefix(), pairs * 2).await?;
+    let mut sockets = Vec::new();
+    for pair in users.chunks(2) {
+        let tx = join(url, &pair[0].token).await?;
+        let rx = join(url, &pair[1].token).await?;
+        sockets.push((tx, rx, pair[1].id.clone(), pair[0].id.clone()));
+    }
+    let peak_rss = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampling = server_pid.map(|pid| {
+        let peak = peak_rss.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(kib) = rss_kib(pid) {
+                    peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let start = Instant::now();
+    let period = Duration::from_secs_f64(pairs as f64 / rate.max(1) as f64);
+    let run_for = Duration::from_secs(secs);
+    // Deliveries of accepted messages may trail the last send by this much.
+    let drain = Duration::from_secs(15);
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let mut tasks = Vec::new();
+    for (i, (tx, rx, to, from)) in sockets.into_iter().enumerate() {
+        let histogram = histogram.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut sink, mut acks) = tx.split();
+            let sending = async move {
+                // Senders start spread over one period, not all at once.
+                tokio::time::sleep(period.mul_f64(i as f64 / pairs as f64)).await;
+                let mut ticks = tokio::time::interval(period);
+                let mut offered = 0u64;
+                while start.elapsed() < run_for {
+                    ticks.tick().await;
+                    let micros = start.elapsed().as_micros() as u64;
+                    let frame = json!({"type": "send_message", "ref": offered.to_string(), "to": to,
+                        "client_msg_id": format!("f{offered}"), "body": micros.to_string()});
+                    sink.send(Message::Text(frame.to_string().into())).await?;
+                    offered += 1;
+                }
+                anyhow::Ok((offered, sink))
+            };
+            let answers = async move {
+                let mut tally = FloodTally::default();
+                let until = start + run_for + drain;
+                while let Ok(Some(frame)) = tokio::time::timeout_at(until.into(), acks.next()).await
+                {
+                    if let Message::Text(t) = frame? {
+                        let v: Value = serde_json::from_str(&t)?;
+                        match v["type"].as_str() {
+                            Some("ack") => {
+                                tally.acked.insert(
+                                    v["message"]["client_msg_id"]
+                                        .as_str()
+                                        .unwrap_or("")
+                                        .to_owned(),
+                                );
+                            }
+                            Some("error") => {
+                                *tally
+                                    .refused
+                                    .entry(v["code"].as_str().unwrap_or("?").to_owned())
+                                    .or_default() += 1;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                anyhow::Ok(tally)
+            };
+            let receiving = async move {
+                let mut rx = rx;
+                let mut delivered: HashSet<String> = HashSet::new();
+                let mut latencies = Vec::new();
+                let until = start + run_for + drain;
+                while let Ok(Some(frame)) = tokio::time::timeout_at(until.into(), rx.next()).await {
+                    if let Message::Text(t) = frame? {
+                        let v: Value = serde_json::from_str(&t)?;
+                        if v["type"] == "new_message" && v["message"]["from"] == from.as_str() {
+                            let cid = v["message"]["client_msg_id"].as_str().unwrap_or("");
+                            if delivered.insert(cid.to_owned()) {
+                                let sent: u128 =
+                                    v["message"]["body"].as_str().unwrap_or("0").parse()?;
+                                let now = start.elapsed().as_micros();
+                                latencies.push(
+                                    u64::try_from(now.saturating_sub(sent)).unwrap_or(u64::MAX),
+                                );
+                            }
+                        }
+                    }
+                }
+                let mut h = histogram.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                for l in latencies {
+                    h.record(l.max(1))?;
+                }
+                anyhow::Ok(delivered)
+            };
+            let ((offered, _sink), mut tally, delivered) =
+                tokio::try_join!(sending, answers, receiving)?;
+            tally.offered = offered;
+            anyhow::Ok((tally, delivered))
+        }));
+    }
+    let (mut offered, mut acked, mut lost, mut delivered_total) = (0u64, 0u64, 0u64, 0u64);
+    let mut refused: HashMap<String, u64> = HashMap::new();
+    for t in tasks {
+        let (tally, delivered) = t.await??;
+        offered += tally.offered;
+        acked += tally.acked.len() as u64;
+        lost += tally.acked.difference(&delivered).count() as u64;
+        delivered_total += delivered.len() as u64;
+        for (code, n) in tally.refused {
+            *refused.entry(code).or_default() += n;
+        }
+    }
+    if let Some(s) = sampling {
+        s.abort();
+    }
+    let h = histogram.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let mut refused: Vec<_> = refused.into_iter().collect();
+    refused.sort();
+    println!(
+        "flood: {pairs} pairs, offered {rate} msgs/s for {secs} s: offered {offered}, acked {acked} ({:.0}/s), refused {refused:?}, delivered {delivered_total}, acked-not-delivered {lost}; send→deliver of accepted {}; server peak RSS {:.1} MiB",
+        acked as f64 / secs as f64,
+        percentiles(&h),
+        peak_rss.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
+    );
+    if lost > 0 {
+        bail!("{lost} acked messages were not delivered within {drain:?}");
+    }
     Ok(())
 }
 

@@ -82,6 +82,7 @@ pub fn test_config(dir: &std::path::Path) -> AppConfig {
         send_limit: parley_chat::chat::SendLimit::default(),
         notify: None,
         group_max_members: parley_chat::groups::DEFAULT_MAX_MEMBERS,
+        max_backlog: parley_chat::chat::DEFAULT_MAX_BACKLOG,
     }
 }
 
