@@ -5,7 +5,8 @@
 //! - [`proto`]: the gRPC/protobuf types compiled from `proto/` by `build.rs`.
 //! - [`protocol`]: the browser-facing JSON frames (the public contract).
 //! - [`error`]: the one closed set of error codes and their gRPC/HTTP mapping.
-//! - [`ids`], [`time`]: identifiers and clocks.
+//! - [`ids`], [`time`]: identifiers and clocks; [`names`]: the rule for
+//!   every user-visible name.
 //! - [`bus`], [`registry`], [`store`]: the backend traits, each with its
 //!   embedded implementation (the Kafka/Redis/Mongo ones slot in beside them).
 //! - [`backends`]: picks the implementations from configuration.
@@ -24,6 +25,7 @@ pub mod discovery;
 pub mod error;
 pub mod grpc;
 pub mod ids;
+pub mod names;
 pub mod node;
 pub mod protocol;
 pub mod push;

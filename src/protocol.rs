@@ -8,7 +8,8 @@
 
 use crate::error::ApiError;
 use crate::proto;
-use serde::{Deserialize, Serialize};
+use serde::de::{Unexpected, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
@@ -63,7 +64,7 @@ pub enum ClientFrame {
         #[serde(default)]
         before_seq: Option<u64>,
         #[serde(default)]
-        limit: Option<u32>,
+        limit: Option<PageLimit>,
     },
     SetStatus {
         status: String,
@@ -109,6 +110,88 @@ pub enum ClientFrame {
 
 fn yes() -> bool {
     true
+}
+
+/// A page size in a frame: any non-negative JSON integer, however large
+/// (`1e30` too), saturated to `u32::MAX`; the service then clamps it to its
+/// own maximum, as the protocol says. A negative, fractional or non-number
+/// value is refused (`invalid`). 0 asks for the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PageLimit(pub u32);
+
+/// A page size in a query string (`?limit=`): digits only, however many,
+/// saturated like [`PageLimit`]; anything else (a sign, a fraction, a
+/// letter, nothing) is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueryLimit(pub u32);
+
+fn saturate(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+struct LimitVisitor {
+    strings: bool,
+}
+
+impl Visitor<'_> for LimitVisitor {
+    type Value = u32;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a non-negative integer")
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u32, E> {
+        Ok(saturate(v))
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<u32, E> {
+        Ok(u32::try_from(v).unwrap_or(u32::MAX))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u32, E> {
+        u64::try_from(v)
+            .map(saturate)
+            .map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u32, E> {
+        // Integers beyond u64 arrive as floats (`18446744073709551616`,
+        // `1e30`); they are integers all the same.
+        if v.is_finite() && v >= 0.0 && v.fract() == 0.0 {
+            Ok(if v >= f64::from(u32::MAX) {
+                u32::MAX
+            } else {
+                // In range and integral: exact.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let n = v as u32;
+                n
+            })
+        } else {
+            Err(E::invalid_value(Unexpected::Float(v), &self))
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u32, E> {
+        if !self.strings || v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(E::invalid_type(Unexpected::Str(v), &self));
+        }
+        // All digits: only overflow can fail, and that saturates.
+        Ok(v.parse::<u64>().map(saturate).unwrap_or(u32::MAX))
+    }
+}
+
+impl<'de> Deserialize<'de> for PageLimit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LimitVisitor { strings: false })
+            .map(PageLimit)
+    }
+}
+
+impl<'de> Deserialize<'de> for QueryLimit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LimitVisitor { strings: true })
+            .map(QueryLimit)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,6 +515,50 @@ pub mod server {
 mod tests {
     use super::*;
     use crate::ErrorCode;
+
+    fn history_limit(raw: &str) -> Result<Option<PageLimit>, ApiError> {
+        let text = format!(r#"{{"type":"history","conversation_id":"c","limit":{raw}}}"#);
+        match decode(&text).map_err(|e| e.error)?.frame {
+            ClientFrame::History { limit, .. } => Ok(limit),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn page_limits_of_any_size_are_clamped_and_non_integers_refused() {
+        assert_eq!(history_limit("50").unwrap(), Some(PageLimit(50)));
+        assert_eq!(history_limit("0").unwrap(), Some(PageLimit(0)));
+        for huge in [
+            "4294967297",
+            "18446744073709551615",
+            "18446744073709551616",
+            "1000000000000000000000000000000",
+            "1e30",
+        ] {
+            assert_eq!(
+                history_limit(huge).unwrap(),
+                Some(PageLimit(u32::MAX)),
+                "{huge}"
+            );
+        }
+        for bad in ["-1", "1.5", "\"5\"", "null", "true", "[]"] {
+            let refused = history_limit(bad);
+            if bad == "null" {
+                assert_eq!(refused.unwrap(), None);
+                continue;
+            }
+            assert_eq!(refused.unwrap_err().code, ErrorCode::Invalid, "{bad}");
+        }
+        let query = |raw: &str| serde_json::from_value::<QueryLimit>(Value::String(raw.into()));
+        assert_eq!(query("7").unwrap(), QueryLimit(7));
+        assert_eq!(
+            query("99999999999999999999999999999").unwrap(),
+            QueryLimit(u32::MAX)
+        );
+        for bad in ["", "-1", "+1", "1.0", "ten", " 1"] {
+            assert!(query(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn send_message_ignores_server_owned_fields() {

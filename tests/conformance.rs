@@ -68,7 +68,7 @@ mod memory_registry_checks {
         sessions_count_refresh_and_expire,
         presence_is_kept_per_user,
         claims_are_exclusive,
-        counters_count_per_window
+        rate_limits_hold_in_every_window
     );
 }
 
@@ -187,7 +187,7 @@ mod redis_registry_checks {
         sessions_count_refresh_and_expire,
         presence_is_kept_per_user,
         claims_are_exclusive,
-        counters_count_per_window
+        rate_limits_hold_in_every_window
     );
 }
 

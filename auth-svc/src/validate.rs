@@ -4,8 +4,10 @@ use parley::ApiError;
 
 pub const MAX_DISPLAY_NAME: usize = 64;
 
-/// 3–32 characters of letters, digits, `_`, `.` and `-`.
+/// 3–32 characters of letters, digits, `_`, `.` and `-` (and, like every
+/// user-visible name, nothing invisible: [`parley::names`]).
 pub fn username(raw: &str) -> Result<String, ApiError> {
+    parley::names::no_invisible(raw, "username")?;
     let ok = (3..=32).contains(&raw.len())
         && raw
             .bytes()
@@ -45,16 +47,14 @@ pub fn password(raw: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Trimmed, at most 64 characters, no control characters; the username
-/// when empty.
+/// The username when absent or empty; else a user-visible name
+/// ([`parley::names::visible_name`]): trimmed, not blank, at most 64
+/// characters, nothing invisible or direction-changing.
 pub fn display_name(raw: &str, username: &str) -> Result<String, ApiError> {
-    let name = raw.trim();
-    if name.chars().count() > MAX_DISPLAY_NAME || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "displayName must be at most 64 characters, without control characters",
-        ));
+    if raw.is_empty() {
+        return Ok(username.to_owned());
     }
-    Ok(if name.is_empty() { username } else { name }.to_owned())
+    parley::names::visible_name(raw, "displayName", MAX_DISPLAY_NAME)
 }
 
 #[cfg(test)]
@@ -74,5 +74,11 @@ mod tests {
         assert!(password("password123").is_ok());
         assert_eq!(display_name("", "john").unwrap(), "john");
         assert!(display_name(&"x".repeat(65), "john").is_err());
+        assert_eq!(display_name(" Zoë ", "john").unwrap(), "Zoë");
+        for bad in ["   ", "\u{200B}", "Alice\u{202E}gnp.exe", "a\u{7}"] {
+            assert!(display_name(bad, "john").is_err(), "{bad:?}");
+        }
+        let why = username("ab\u{202E}cd").unwrap_err();
+        assert!(why.message.contains("U+202E"), "{}", why.message);
     }
 }

@@ -5,11 +5,17 @@
 //! A change is an entry of the conversation's log with its own seq, so
 //! `sync` replays it in order, and it also changes its message in place, so
 //! `history` shows each message as it now is.
+//!
+//! A change that would change nothing (reacting with an emoji the user
+//! already has on the message, taking back one they do not have) is acked
+//! as `unchanged` and neither queued nor pushed; the sequencer drops one
+//! that became a no-op while queued (two identical reactions racing).
 
 use crate::chat::Chat;
 use crate::conversations::member_of;
 use parley::ids::{ConversationId, MessageId, UserId};
 use parley::proto::{ChatMessage, MessageKind, chat_event};
+use parley::store::changes_message;
 use parley::time::now_ms;
 use parley::{ApiError, ErrorCode};
 
@@ -17,6 +23,19 @@ use parley::{ApiError, ErrorCode};
 /// family is several) and in bytes.
 pub const MAX_EMOJI_CHARS: usize = 8;
 pub const MAX_EMOJI_BYTES: usize = 32;
+
+/// What became of a change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Changed {
+    /// Queued: the entry, before it is sequenced (seq 0).
+    Queued(Box<ChatMessage>),
+    /// It would change nothing; nothing was queued. The conversation and
+    /// message it named.
+    Unchanged {
+        conversation_id: String,
+        message_id: String,
+    },
+}
 
 /// What a client asked to do to a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,14 +78,16 @@ pub fn refusal(target: &ChatMessage, user: &str, kind: MessageKind) -> Option<Ap
 }
 
 impl Chat {
-    /// Checks and queues a change; answers it before it is sequenced.
+    /// Checks and queues a change; answers it before it is sequenced, or
+    /// that it would change nothing (then nothing is queued nor counted
+    /// against the send limit).
     pub async fn change_message(
         &self,
         user: &UserId,
         conversation: &ConversationId,
         message_id: &str,
         change: MessageChange,
-    ) -> Result<ChatMessage, ApiError> {
+    ) -> Result<Changed, ApiError> {
         let message_id = MessageId::parse(message_id)?;
         let (kind, body, emoji, on) = match change {
             MessageChange::Edit(body) => {
@@ -88,27 +109,34 @@ impl Chat {
         if let Some(refused) = refusal(&target, user.as_str(), kind) {
             return Err(refused);
         }
-        self.admit().await?;
-        self.count_send(user).await?;
-        let id = MessageId::generate().into_string();
-        let entry = ChatMessage {
-            client_msg_id: id.clone(),
-            id,
+        let mut entry = ChatMessage {
             conversation_id: c.id.clone(),
             from: user.as_str().to_owned(),
-            body,
-            sent_at_ms: now_ms(),
             kind: kind as i32,
-            target_id: target.id,
-            target_seq: target.seq,
             emoji,
             on,
             ..Default::default()
         };
+        if !changes_message(&target, &entry) {
+            metrics::counter!("parley_chat_changes_unchanged_total").increment(1);
+            return Ok(Changed::Unchanged {
+                conversation_id: c.id,
+                message_id: target.id,
+            });
+        }
+        self.admit().await?;
+        self.count_send(user).await?;
+        let id = MessageId::generate().into_string();
+        entry.client_msg_id = id.clone();
+        entry.id = id;
+        entry.body = body;
+        entry.sent_at_ms = now_ms();
+        entry.target_id = target.id;
+        entry.target_seq = target.seq;
         let event = chat_event::Event::MessageSent(entry.clone());
         crate::sequencer::queue(self.backends.bus.as_ref(), event).await?;
         metrics::counter!("parley_chat_message_changes_total").increment(1);
-        Ok(entry)
+        Ok(Changed::Queued(Box::new(entry)))
     }
 }
 

@@ -9,6 +9,7 @@ use parley::proto::{
 };
 use parley::protocol::{MAX_BODY_CHARS, server};
 use parley::push::{Outgoing, Pusher};
+use parley::registry::Decision;
 use parley::time::now_ms;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -38,8 +39,9 @@ pub const MAX_PAGE: usize = 200;
 pub const DEFAULT_SYNC_PAGE: usize = 200;
 pub const MAX_SYNC_PAGE: usize = 1000;
 
-/// How many messages one user may send per window, counted in the registry
-/// so the limit holds across all of the user's sessions and every edge.
+/// How many messages one user may send in any window of this length,
+/// counted in the registry so the limit holds across all of the user's
+/// sessions and every edge.
 #[derive(Debug, Clone, Copy)]
 pub struct SendLimit {
     pub count: u64,
@@ -180,21 +182,31 @@ impl Chat {
     }
 
     /// Counts one send (a message or a change to one) against the user's
-    /// limit, which holds across every session and edge.
+    /// limit, which holds across every session and edge and in every
+    /// window of its length (see [`parley::registry::rate`]).
     pub(crate) async fn count_send(&self, user: &UserId) -> Result<(), ApiError> {
-        let sent = self
+        let decision = self
             .backends
             .registry
-            .hit(&format!("send:{user}"), self.send_limit.window)
+            .rate_limit(
+                &format!("send:{user}"),
+                self.send_limit.count,
+                self.send_limit.window,
+            )
             .await?;
-        if sent > self.send_limit.count {
-            metrics::counter!("parley_chat_sends_rate_limited_total").increment(1);
-            return Err(ApiError::new(
-                parley::ErrorCode::RateLimited,
-                "too many messages, slow down",
-            ));
+        match decision {
+            Decision::Allowed => Ok(()),
+            Decision::Limited { retry_after } => {
+                metrics::counter!("parley_chat_sends_rate_limited_total").increment(1);
+                Err(ApiError::new(
+                    parley::ErrorCode::RateLimited,
+                    format!(
+                        "too many messages, slow down (retry in {} ms)",
+                        retry_after.as_millis().max(1)
+                    ),
+                ))
+            }
         }
-        Ok(())
     }
 
     /// Runs the notifier with this webhook alongside the sequencer.

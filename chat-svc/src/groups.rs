@@ -57,15 +57,9 @@ impl Change {
     }
 }
 
+/// A group name is a user-visible name ([`parley::names::visible_name`]).
 fn valid_name(name: &str) -> Result<String, ApiError> {
-    let name = name.trim();
-    let chars = name.chars().count();
-    if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!(
-            "a group name is 1-{MAX_NAME_CHARS} characters without control characters"
-        )));
-    }
-    Ok(name.to_owned())
+    parley::names::visible_name(name, "a group name", MAX_NAME_CHARS)
 }
 
 /// Parsed, deduplicated user ids, `except` left out.
@@ -238,6 +232,8 @@ mod tests {
         assert_eq!(valid_name("  team  ").unwrap(), "team");
         assert!(valid_name("   ").is_err());
         assert!(valid_name("a\u{7}b").is_err());
+        assert!(valid_name("\u{200B}").is_err());
+        assert!(valid_name("team\u{202E}gnp.exe").is_err());
         assert!(valid_name(&"é".repeat(MAX_NAME_CHARS)).is_ok());
         assert!(valid_name(&"é".repeat(MAX_NAME_CHARS + 1)).is_err());
     }

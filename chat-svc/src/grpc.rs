@@ -1,7 +1,7 @@
 //! The tonic adapter for `ChatService`: parse ids at the boundary, call
 //! [`Chat`], map [`parley::ApiError`] to `Status`.
 
-use crate::changes::MessageChange;
+use crate::changes::{Changed, MessageChange};
 use crate::chat::Chat;
 use crate::conversations::Target;
 use crate::groups::Change;
@@ -170,12 +170,27 @@ impl ChatService for ChatGrpc {
             },
             _ => return Err(ApiError::invalid("kind must be EDIT, DELETE or REACTION").into()),
         };
-        let change = self
+        let reply = match self
             .chat
             .change_message(&user, &conversation, &r.message_id, change)
-            .await?;
-        Ok(Response::new(ChangeMessageReply {
-            change: Some(change),
-        }))
+            .await?
+        {
+            Changed::Queued(change) => ChangeMessageReply {
+                change: Some(*change),
+                unchanged: false,
+            },
+            Changed::Unchanged {
+                conversation_id,
+                message_id,
+            } => ChangeMessageReply {
+                change: Some(parley::proto::ChatMessage {
+                    conversation_id,
+                    target_id: message_id,
+                    ..Default::default()
+                }),
+                unchanged: true,
+            },
+        };
+        Ok(Response::new(reply))
     }
 }

@@ -64,8 +64,9 @@ pub async fn serve(
 /// chat-svc's own settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChatArgs {
-    /// Messages one user may send per window, over all sessions and edges;
-    /// beyond it sends are refused with `rate_limited`.
+    /// Messages one user may send in any window (sliding, not aligned to
+    /// the clock), over all sessions and edges; beyond it sends are
+    /// refused with `rate_limited`. Half of it may come at once.
     #[arg(
         long,
         env = "PARLEY_USER_SEND_LIMIT",

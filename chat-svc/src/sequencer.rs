@@ -8,7 +8,8 @@
 //! Changes to messages (edits, deletions, reactions) are checked again here
 //! against the target's stored state, then appended like a message (they
 //! take a seq) and applied to the target in place; a change that no longer
-//! applies (its message was deleted meanwhile, its author left) is dropped.
+//! applies (its message was deleted meanwhile, its author left) or that
+//! would change nothing (a reaction already there) is dropped.
 //!
 //! Receipts in a group are aggregated: the reader's own sessions get the
 //! member's `message_read`/`message_delivered` (so its other devices drop
@@ -33,7 +34,7 @@ use parley::proto::{
 };
 use parley::protocol::server;
 use parley::push::Outgoing;
-use parley::store::{Appended, Store, StoreError};
+use parley::store::{Appended, Store, StoreError, changes_message};
 use prost::Message;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -301,6 +302,16 @@ async fn apply_change(
         if let Some(reason) = refused {
             tracing::info!(id = %change.id, %reason, "change dropped");
             metrics::counter!("parley_chat_changes_dropped_total").increment(1);
+            return Ok(None);
+        }
+        // A no-op by now (the same reaction queued twice before either
+        // applied): nothing to log or tell anyone.
+        if target
+            .as_ref()
+            .is_some_and(|t| !changes_message(t, &change))
+        {
+            tracing::debug!(id = %change.id, "change changes nothing; dropped");
+            metrics::counter!("parley_chat_changes_unchanged_total").increment(1);
             return Ok(None);
         }
     }

@@ -8,10 +8,12 @@
 //! - [`ws`]: `/ws`, the client protocol, one task per connection.
 //! - [`rest`]: `/api/*`, `/health`, `/ready`; [`http_error`] maps errors.
 //! - [`deliver`]: the gRPC `EdgeService` the services push through.
-//! - [`web`]: the embedded browser client; [`telemetry`]: `/metrics`.
+//! - [`web`]: the embedded browser client and its security headers;
+//!   [`origin`]: which pages may open `/ws`; [`telemetry`]: `/metrics`.
 
 pub mod deliver;
 pub mod http_error;
+pub mod origin;
 pub mod rest;
 pub mod sessions;
 pub mod state;
@@ -117,6 +119,17 @@ pub struct HttpArgs {
     /// bound one (in a container: `edge1:3001`).
     #[arg(long, env = "HTTP_ADVERTISE_ADDR", global = true)]
     pub http_advertise_addr: Option<String>,
+    /// Origins (`https://chat.example.com`, comma-separated; `*` for any)
+    /// whose pages may open `/ws` besides the edge's own (an `Origin` whose
+    /// host:port is the request's `Host`). Handshakes without `Origin`
+    /// (non-browser clients) are always allowed.
+    #[arg(
+        long,
+        env = "PARLEY_ALLOWED_ORIGINS",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
 }
 
 /// Runs an edge as its own process until SIGINT/SIGTERM.
@@ -148,6 +161,7 @@ pub async fn run_standalone(
         frames_per_second: http.ws_frames_per_sec,
         advertise_grpc: node.grpc_advertise_addr.clone(),
         advertise_http: http.http_advertise_addr.clone(),
+        allowed_origins: origin::AllowedOrigins::new(&http.allowed_origins),
         ..EdgeConfig::new(node.id_for(kind::EDGE))
     };
     let discovery = parley::discovery::Discovery::new(backends.registry.clone());

@@ -18,7 +18,7 @@ use parley::proto::{
     GetPresenceRequest, GetUsersRequest, HistoryRequest, ListConversationsRequest, LoginRequest,
     RegisterRequest, SearchMessagesRequest, SearchUsersRequest, User, VerifyTokenRequest,
 };
-use parley::protocol::{message_json, user_json};
+use parley::protocol::{QueryLimit, message_json, user_json};
 use parley::{ApiError, ErrorCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -49,6 +49,7 @@ pub fn router(state: EdgeState) -> Router {
         .route("/api/conversations/{id}/messages", get(messages))
         .route("/api/search", get(search))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(web::security_headers())
         .with_state(state)
 }
 
@@ -273,7 +274,7 @@ struct SearchQuery {
     #[serde(default)]
     q: String,
     #[serde(default)]
-    limit: Option<u32>,
+    limit: Option<QueryLimit>,
 }
 
 /// `GET /api/search?q=&limit=`: messages of the caller's conversations
@@ -290,7 +291,7 @@ async fn search(
         .search_messages(SearchMessagesRequest {
             user_id: me.id,
             query: search.q,
-            limit: search.limit.unwrap_or(0),
+            limit: search.limit.unwrap_or_default().0,
         })
         .await?
         .into_inner();
@@ -303,7 +304,7 @@ struct PageQuery {
     #[serde(default)]
     before_seq: Option<u64>,
     #[serde(default)]
-    limit: Option<u32>,
+    limit: Option<QueryLimit>,
 }
 
 async fn messages(
@@ -320,7 +321,7 @@ async fn messages(
             user_id: me.id,
             conversation_id: id,
             before_seq: page.before_seq.unwrap_or(0),
-            limit: page.limit.unwrap_or(0),
+            limit: page.limit.unwrap_or_default().0,
         })
         .await?
         .into_inner();

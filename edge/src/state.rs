@@ -25,6 +25,8 @@ pub struct EdgeConfig {
     /// `GRPC_ADVERTISE_ADDR`, `HTTP_ADVERTISE_ADDR`).
     pub advertise_grpc: Option<String>,
     pub advertise_http: Option<String>,
+    /// Pages of other origins allowed to open `/ws`.
+    pub allowed_origins: crate::origin::AllowedOrigins,
 }
 
 impl EdgeConfig {
@@ -36,6 +38,7 @@ impl EdgeConfig {
             frames_per_second: DEFAULT_FRAMES_PER_SECOND,
             advertise_grpc: None,
             advertise_http: None,
+            allowed_origins: crate::origin::AllowedOrigins::default(),
         }
     }
 }

@@ -36,9 +36,30 @@ pub async fn serve(
     served
 }
 
+/// presence-svc's own settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PresenceArgs {
+    /// Live sessions (WebSockets) one user may hold at once over every
+    /// edge; a `join` past it is refused (`rate_limited`, close 4003).
+    #[arg(
+        long,
+        env = "PARLEY_MAX_SESSIONS_PER_USER",
+        global = true,
+        default_value_t = presence::DEFAULT_MAX_SESSIONS_PER_USER,
+        value_parser = clap::builder::TypedValueParser::map(
+            clap::value_parser!(u32).range(1..),
+            |n| n as usize
+        )
+    )]
+    pub max_sessions_per_user: usize,
+}
+
 /// Runs presence-svc (API and fan-out) as its own process until
 /// SIGINT/SIGTERM.
-pub async fn run_standalone(node: &parley::node::NodeArgs) -> Result<(), parley::node::RunError> {
+pub async fn run_standalone(
+    node: &parley::node::NodeArgs,
+    args: &PresenceArgs,
+) -> Result<(), parley::node::RunError> {
     let node = parley::node::Node::start(parley::discovery::kind::PRESENCE, node, None).await?;
     node.stop_on_signal();
     let parts = node;
@@ -47,7 +68,8 @@ pub async fn run_standalone(node: &parley::node::NodeArgs) -> Result<(), parley:
         parts.pusher,
         parts.liveness,
         parts.shutdown.clone(),
-    );
+    )
+    .with_max_sessions(args.max_sessions_per_user);
     let served = serve(parts.grpc, presence, parts.backends, parts.shutdown.clone()).await;
     parts.shutdown.cancel();
     let _ = parts.announcer.await;

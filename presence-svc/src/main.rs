@@ -7,11 +7,14 @@ use clap::Parser;
 struct Args {
     #[command(flatten)]
     node: parley::node::NodeArgs,
+    #[command(flatten)]
+    presence: parley_presence::PresenceArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     parley::telemetry::init();
-    parley_presence::run_standalone(&Args::parse().node).await?;
+    let args = Args::parse();
+    parley_presence::run_standalone(&args.node, &args.presence).await?;
     Ok(())
 }

@@ -8,7 +8,6 @@
 //! connected user shown offline.
 
 use bytes::Bytes;
-use parley::ApiError;
 use parley::backends::Backends;
 use parley::bus::Topic;
 use parley::config::Liveness;
@@ -17,6 +16,7 @@ use parley::proto::PresenceEvent;
 use parley::push::Pusher;
 use parley::registry::{PresenceRecord, SessionEntry};
 use parley::time::now_ms;
+use parley::{ApiError, ErrorCode};
 use prost::Message;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
@@ -31,11 +31,16 @@ pub const OFFLINE: &str = "offline";
 /// hence tokio's mutex).
 const STRIPES: usize = 64;
 
+/// Live sessions one user may hold at once, over every edge, unless
+/// configured otherwise (`PARLEY_MAX_SESSIONS_PER_USER`).
+pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 20;
+
 #[derive(Clone, Debug)]
 pub struct Presence {
     pub(crate) backends: Backends,
     pub(crate) pusher: Pusher,
     liveness: Liveness,
+    max_sessions: usize,
     stripes: Arc<Vec<Mutex<()>>>,
     shutdown: CancellationToken,
 }
@@ -52,9 +57,17 @@ impl Presence {
             backends,
             pusher,
             liveness,
+            max_sessions: DEFAULT_MAX_SESSIONS_PER_USER,
             stripes: Arc::new((0..STRIPES).map(|_| Mutex::new(())).collect()),
             shutdown,
         }
+    }
+
+    /// At most `max` live sessions per user (at least 1); a session past
+    /// it is refused with `rate_limited`.
+    pub fn with_max_sessions(mut self, max: usize) -> Self {
+        self.max_sessions = max.max(1);
+        self
     }
 
     fn stripe(&self, user: &str) -> &Mutex<()> {
@@ -64,15 +77,31 @@ impl Presence {
     }
 
     /// Records a new session; the user's first makes them online. Answers
-    /// the contacts online now, for the new session's first view.
+    /// the contacts online now, for the new session's first view. A session
+    /// past the user's cap is taken back out and refused (`rate_limited`).
     pub async fn open_session(
         &self,
         session: &SessionEntry,
     ) -> Result<Vec<PresenceRecord>, ApiError> {
         let registry = &self.backends.registry;
-        registry
+        // Add first, then count: the registry's answer covers every edge
+        // and process at once, where a count taken before the add would
+        // let two joins racing at the cap both in. Racing that way, both
+        // may be refused instead (each counts the other), never both let in.
+        let live = registry
             .add_session(session, self.liveness.session_ttl)
             .await?;
+        if live > self.max_sessions {
+            registry.remove_session(session).await?;
+            tracing::info!(user = %session.user_id, live, "session refused: too many sessions");
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many sessions: at most {} per user; close another one first",
+                    self.max_sessions
+                ),
+            ));
+        }
         self.reconcile(&session.user_id).await?;
         let contacts = self.backends.store.contacts(&session.user_id).await?;
         let mut online = registry.presence_of(&contacts).await?;

@@ -26,6 +26,8 @@ pub struct Cli {
     pub auth: AuthArgs,
     #[command(flatten)]
     pub chat: parley_chat::ChatArgs,
+    #[command(flatten)]
+    pub presence: parley_presence::PresenceArgs,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -63,6 +65,8 @@ impl Cli {
             notify: self.chat.webhook(),
             group_max_members: self.chat.group_max_members,
             max_backlog: self.chat.max_backlog,
+            max_sessions_per_user: self.presence.max_sessions_per_user,
+            allowed_origins: parley_edge::origin::AllowedOrigins::new(&self.http.allowed_origins),
         })
     }
 }

@@ -42,6 +42,10 @@ pub struct AppConfig {
     pub group_max_members: usize,
     /// Most messages waiting for the sequencers before sends are refused.
     pub max_backlog: u64,
+    /// Most live sessions one user may hold at once.
+    pub max_sessions_per_user: usize,
+    /// Pages of other origins allowed to open `/ws`.
+    pub allowed_origins: parley_edge::origin::AllowedOrigins,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +126,8 @@ impl App {
             let (b, s) = (backends.clone(), shutdown.clone());
             async move { log_exit("chat", parley_chat::serve(chat_l, chat, b, s).await) }
         }));
-        let presence = Presence::new(backends.clone(), pusher, config.liveness, shutdown.clone());
+        let presence = Presence::new(backends.clone(), pusher, config.liveness, shutdown.clone())
+            .with_max_sessions(config.max_sessions_per_user);
         tasks.push(tokio::spawn({
             let (b, s) = (backends.clone(), shutdown.clone());
             async move {
@@ -142,6 +147,7 @@ impl App {
             frames_per_second: config.ws_frames_per_sec,
             advertise_grpc: None,
             advertise_http: None,
+            allowed_origins: config.allowed_origins.clone(),
         };
         let state = EdgeState::new(edge_config, discovery, shutdown.clone());
         tasks.push(tokio::spawn({

@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
         Role::Edge => Ok(parley_edge::run_standalone(&cli.node, &cli.http).await?),
         Role::Auth => Ok(parley_auth::run_standalone(&cli.node, &cli.auth).await?),
         Role::Chat => Ok(parley_chat::run_standalone(&cli.node, &cli.chat).await?),
-        Role::Presence => Ok(parley_presence::run_standalone(&cli.node).await?),
+        Role::Presence => Ok(parley_presence::run_standalone(&cli.node, &cli.presence).await?),
         Role::Probe { addr } => {
             if let Err(e) = probe(&addr).await {
                 // One line for a healthcheck log, not a backtrace.

@@ -176,20 +176,59 @@ pub async fn claims_are_exclusive(registry: Arc<dyn Registry>) {
     .await;
 }
 
-/// Counters count per key within a window and start again in the next one.
-pub async fn counters_count_per_window(registry: Arc<dyn Registry>) {
+/// A rate limit admits at most `limit` events in every window of its
+/// period, also in one that straddles a whole multiple of the period
+/// (where a fixed window aligned to the clock starts again and admits a
+/// second `limit` at once); it admits a burst at once, answers how long to
+/// wait when it refuses, and keeps keys apart.
+pub async fn rate_limits_hold_in_every_window(registry: Arc<dyn Registry>) {
+    use crate::registry::Decision;
+    use tokio::time::Instant;
     let key = unique("rate");
     let other = unique("rate");
-    let window = Duration::from_secs(3600);
-    assert_eq!(registry.hit(&key, window).await.unwrap(), 1);
-    assert_eq!(registry.hit(&key, window).await.unwrap(), 2);
-    assert_eq!(registry.hit(&other, window).await.unwrap(), 1);
-    // A short window: a later window counts from 1 again.
-    let short = Duration::from_millis(200);
-    let first = registry.hit(&key, short).await.unwrap();
-    assert!(first >= 1);
-    eventually("a new window starts", || async {
-        registry.hit(&key, short).await.unwrap() == 1
-    })
-    .await;
+    let limit = 10;
+    let period = Duration::from_millis(1000);
+    // Start 200 ms before a whole second of the wall clock, where the old
+    // fixed windows began.
+    let into = u64::try_from(crate::time::now_ms().rem_euclid(1000)).unwrap();
+    tokio::time::sleep(Duration::from_millis((1800 - into) % 1000)).await;
+
+    // Each admitted event as (asked at, answered at): the registry decided
+    // somewhere in between, on its own clock.
+    let mut admitted: Vec<(Instant, Instant)> = Vec::new();
+    let mut refused = 0;
+    let end = Instant::now() + period * 5 / 2;
+    while Instant::now() < end {
+        let asked = Instant::now();
+        match registry.rate_limit(&key, limit, period).await.unwrap() {
+            Decision::Allowed => admitted.push((asked, Instant::now())),
+            Decision::Limited { retry_after } => {
+                refused += 1;
+                assert!(retry_after > Duration::ZERO, "{retry_after:?}");
+                assert!(retry_after <= period, "{retry_after:?}");
+                // Hammer again soon: several sockets would not wait.
+                tokio::time::sleep(retry_after.min(Duration::from_millis(5))).await;
+            }
+        }
+    }
+    assert!(refused > 0, "never limited");
+    // A burst goes through at once...
+    let burst = usize::try_from(limit.div_ceil(2)).unwrap();
+    assert!(admitted.len() > burst, "{}", admitted.len());
+    let first_burst = admitted[burst - 1].1 - admitted[0].0;
+    assert!(first_burst < period / 2, "burst took {first_burst:?}");
+    // ...and the rest of the limit is used over time, but no `limit + 1`
+    // admitted events fit in one period: even counting from when the first
+    // was asked to when the last was answered, they span at least a period.
+    let n = usize::try_from(limit).unwrap();
+    assert!(admitted.len() >= n + burst, "{}", admitted.len());
+    for run in admitted.windows(n + 1) {
+        let span = run[n].1 - run[0].0;
+        assert!(span >= period, "{} events admitted within {span:?}", n + 1);
+    }
+    // Another key has its own allowance.
+    assert_eq!(
+        registry.rate_limit(&other, limit, period).await.unwrap(),
+        Decision::Allowed
+    );
 }

@@ -3,6 +3,7 @@
 //! One `std::sync::Mutex` is enough: every operation is a few map lookups
 //! with no await inside, far shorter than the network calls around them.
 
+use super::rate::{Decision, Gcra};
 use super::{PresenceRecord, Registry, RegistryError, ServiceEntry, SessionEntry};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -14,9 +15,22 @@ use tokio::time::Instant;
 /// round trip that could race its removal).
 const REMOVED_MEMORY: Duration = Duration::from_secs(120);
 
-#[derive(Debug, Default)]
+/// The in-process registry.
+#[derive(Debug)]
 pub struct MemoryRegistry {
     state: Mutex<State>,
+    /// Rate limits count milliseconds from here (a monotonic clock: a
+    /// wall-clock step must not refill or empty every bucket).
+    origin: Instant,
+}
+
+impl Default for MemoryRegistry {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            origin: Instant::now(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -32,11 +46,14 @@ struct State {
     /// Expired claims are dropped lazily; a sweep runs when the map has
     /// doubled since the last one, so the cost is amortized O(1).
     sweep_claims_at: usize,
-    /// key → (window index, count in it).
-    counters: HashMap<String, (i64, u64)>,
+    /// key → theoretical arrival time of its rate limit (ms since
+    /// `origin`); swept like the claims.
+    rates: HashMap<String, u64>,
+    sweep_rates_at: usize,
 }
 
 impl MemoryRegistry {
+    /// An empty registry.
     pub fn new() -> Self {
         Self::default()
     }
@@ -238,18 +255,26 @@ impl Registry for MemoryRegistry {
         }
     }
 
-    async fn hit(&self, key: &str, window: Duration) -> Result<u64, RegistryError> {
-        let index = super::window_index(crate::time::now_ms(), window);
+    async fn rate_limit(
+        &self,
+        key: &str,
+        limit: u64,
+        period: Duration,
+    ) -> Result<Decision, RegistryError> {
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX / 2);
+        let gcra = Gcra::new(limit, period);
         let mut state = self.lock()?;
-        if state.counters.len() > 10_000 {
-            state.counters.retain(|_, (i, _)| *i == index);
+        let (decision, tat) = gcra.check(now, state.rates.get(key).copied());
+        if decision.allowed() {
+            state.rates.insert(key.to_owned(), tat);
+            // A TAT in the past is the same as none: drop those now and
+            // then, so the map holds only keys that are limiting.
+            if state.rates.len() >= state.sweep_rates_at {
+                state.rates.retain(|_, tat| *tat > now);
+                state.sweep_rates_at = (state.rates.len() * 2).max(1024);
+            }
         }
-        let entry = state.counters.entry(key.to_owned()).or_insert((index, 0));
-        if entry.0 != index {
-            *entry = (index, 0);
-        }
-        entry.1 += 1;
-        Ok(entry.1)
+        Ok(decision)
     }
 
     async fn ping(&self) -> Result<(), RegistryError> {

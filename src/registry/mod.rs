@@ -1,11 +1,14 @@
 //! The registry: everything that describes live processes and sessions and
 //! so must expire on its own when its owner dies. Service instances, user
-//! sessions, presence, idempotency claims and counters, each with a TTL.
+//! sessions, presence, idempotency claims and rate limits, each with a TTL.
 //!
 //! Redis in production; [`memory::MemoryRegistry`] in one process.
 
 pub mod memory;
+pub mod rate;
 pub mod redis;
+
+pub use rate::Decision;
 
 use async_trait::async_trait;
 use std::time::Duration;
@@ -109,16 +112,17 @@ pub trait Registry: Send + Sync + 'static {
     /// another owner's by then). Answers whether it was dropped.
     async fn release_if(&self, key: &str, value: &str) -> Result<bool, RegistryError>;
 
-    /// Counts one event for `key` in the current fixed `window` (shared by
-    /// every process using this registry); answers the count so far in it.
-    /// Rate limits across edges and sessions are built on this.
-    async fn hit(&self, key: &str, window: Duration) -> Result<u64, RegistryError>;
+    /// Counts one event for `key` against "at most `limit` in any
+    /// `period`" (GCRA, see [`rate`]), shared by every process using this
+    /// registry: answers whether it is admitted, or how long until it
+    /// would be. A refused event is not counted. Rate limits across edges
+    /// and sessions are built on this.
+    async fn rate_limit(
+        &self,
+        key: &str,
+        limit: u64,
+        period: Duration,
+    ) -> Result<Decision, RegistryError>;
 
     async fn ping(&self) -> Result<(), RegistryError>;
-}
-
-/// The index of the fixed window of `window` length that `now_ms` is in.
-pub fn window_index(now_ms: i64, window: Duration) -> i64 {
-    let length = i64::try_from(window.as_millis()).unwrap_or(i64::MAX).max(1);
-    now_ms.div_euclid(length)
 }

@@ -10,10 +10,12 @@
 //!   session closed recently, so a racing heartbeat cannot bring it back.
 //! - `P:pres:<user>` `status|last_seen_ms`; `P:present` the users not offline.
 //! - `P:claim:<key>` idempotency claims (SET NX GET PX).
-//! - `P:rate:<key>:<window>` counters of fixed windows (INCR, PEXPIRE).
+//! - `P:rate:<key>` the theoretical arrival time of a rate limit (GCRA, ms
+//!   of Redis's clock), expiring when it passes.
 //!
 //! Hot paths that need several commands send them as one pipeline.
 
+use super::rate::{Decision, Gcra};
 use super::{PresenceRecord, Registry, RegistryError, ServiceEntry, SessionEntry};
 use crate::time::now_ms;
 use async_trait::async_trait;
@@ -56,6 +58,29 @@ for i = 4, #ARGV, 3 do
     redis.call('PEXPIRE', key, ttl, 'GT')
   end
 end
+return 0
+";
+
+/// [`Gcra::check`] on the server, atomically: KEYS[1] holds the TAT,
+/// ARGV[1] is the interval and ARGV[2] the tolerance (ms). Answers 0 when
+/// admitted, else the milliseconds until it would be.
+///
+/// The clock is Redis's own (`TIME`), not the caller's: every chat-svc
+/// instance on every host reads and moves the same TAT, and hosts' clocks
+/// differ; a caller behind by a second would see every TAT a second further
+/// off (refused too long), one ahead would find them passed (admitted
+/// early). One clock for every caller keeps the bound exact. (Scripts may
+/// call `TIME` since Redis 5 replicates their effects, not the script.)
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local allowed_at = tat - tolerance
+if now < allowed_at then return allowed_at - now end
+tat = tat + interval
+redis.call('SET', KEYS[1], tat, 'PX', tat - now)
 return 0
 ";
 
@@ -415,20 +440,27 @@ impl Registry for RedisRegistry {
         Ok(dropped == 1)
     }
 
-    async fn hit(&self, key: &str, window: Duration) -> Result<u64, RegistryError> {
-        let index = super::window_index(now_ms(), window);
-        let counter = self.key(&["rate", key, &index.to_string()]);
-        let (count,): (u64,) = redis::pipe()
-            .cmd("INCR")
-            .arg(&counter)
-            .cmd("PEXPIRE")
-            .arg(&counter)
-            .arg(ms(window) * 2)
-            .ignore()
-            .query_async(&mut self.conn())
+    async fn rate_limit(
+        &self,
+        key: &str,
+        limit: u64,
+        period: Duration,
+    ) -> Result<Decision, RegistryError> {
+        let gcra = Gcra::new(limit, period);
+        let retry_ms: u64 = redis::Script::new(GCRA)
+            .key(self.key(&["rate", key]))
+            .arg(gcra.interval_ms)
+            .arg(gcra.tolerance_ms)
+            .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        Ok(count)
+        Ok(if retry_ms == 0 {
+            Decision::Allowed
+        } else {
+            Decision::Limited {
+                retry_after: Duration::from_millis(retry_ms),
+            }
+        })
     }
 
     async fn ping(&self) -> Result<(), RegistryError> {

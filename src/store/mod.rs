@@ -154,6 +154,23 @@ pub fn apply_group_change(
     Ok(Some((next, removed)))
 }
 
+/// Whether applying `change` to `target` would change it. Only reactions
+/// can be no-ops: one the user already has on, or takes back without
+/// having it (an edit always moves `edited_at`; a second deletion is
+/// refused before this).
+pub fn changes_message(target: &ChatMessage, change: &ChatMessage) -> bool {
+    match change.kind() {
+        MessageKind::Reaction => {
+            let present = target
+                .reactions
+                .iter()
+                .any(|r| r.user_id == change.from && r.emoji == change.emoji);
+            present != change.on
+        }
+        MessageKind::Message | MessageKind::Edit | MessageKind::Delete => true,
+    }
+}
+
 /// Applies a change entry (an edit, a deletion or a reaction) to the
 /// message it targets. Idempotent, so a replayed change lands the same.
 pub fn apply_message_change(target: &mut ChatMessage, change: &ChatMessage) {

@@ -181,7 +181,7 @@ impl Connection {
                         user_id: me,
                         conversation_id,
                         before_seq: before_seq.unwrap_or(0),
-                        limit: limit.unwrap_or(0),
+                        limit: limit.unwrap_or_default().0,
                     })
                     .await?
                     .into_inner();
@@ -322,7 +322,8 @@ impl Connection {
     }
 
     /// Queues the change; the ack carries its id (its seq comes with the
-    /// `message_edited`/`message_deleted`/`reaction` every member gets).
+    /// `message_edited`/`message_deleted`/`reaction` every member gets), or
+    /// says `unchanged` when it would change nothing and went nowhere.
     async fn change_message(
         &self,
         request: ChangeMessageRequest,
@@ -338,10 +339,13 @@ impl Connection {
         let change = reply
             .change
             .ok_or_else(|| ApiError::new(ErrorCode::Internal, "empty reply"))?;
-        Ok(vec![server::ack(
-            reference,
-            json!({"change": {"id": change.id, "message_id": change.target_id}}),
-        )])
+        let body = if reply.unchanged {
+            // Nothing entered the log, so there is no change id.
+            json!({"change": {"message_id": change.target_id, "unchanged": true}})
+        } else {
+            json!({"change": {"id": change.id, "message_id": change.target_id}})
+        };
+        Ok(vec![server::ack(reference, body)])
     }
 
     async fn mark(

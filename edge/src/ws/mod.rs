@@ -9,10 +9,13 @@ pub mod commands;
 pub mod heartbeat;
 pub mod session;
 
+use crate::http_error::HttpError;
 use crate::state::EdgeState;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::response::Response;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use parley::{ApiError, ErrorCode};
 
 /// Close codes of the protocol.
 pub mod close {
@@ -20,6 +23,8 @@ pub mod close {
     pub const NOT_JOINED: u16 = 4001;
     /// This edge is shutting down: reconnect (through the balancer) and sync.
     pub const GOING_AWAY: u16 = 4002;
+    /// The user already has as many live sessions as allowed.
+    pub const TOO_MANY_SESSIONS: u16 = 4003;
     /// The client could not keep up with its frames: reconnect and sync.
     pub const TOO_SLOW: u16 = 4008;
     /// A frame larger than the transport accepts at all.
@@ -30,10 +35,27 @@ pub mod close {
 /// connection stays; larger ones close it with 1009.
 pub const MAX_TRANSPORT_MESSAGE: usize = 256 * 1024;
 
+/// Upgrades a handshake from an allowed origin ([`crate::origin`]); any
+/// other gets 403 `forbidden`.
+///
 /// Buffer sizes are set deliberately: tungstenite's defaults allocate a
 /// 128 KiB read buffer per connection, which dominates an idle socket's
 /// memory. Chat frames are small; 4 KiB reads grow on demand.
-pub async fn upgrade(ws: WebSocketUpgrade, State(state): State<EdgeState>) -> Response {
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    State(state): State<EdgeState>,
+) -> Response {
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    if !state
+        .config
+        .allowed_origins
+        .allows(text(header::ORIGIN), text(header::HOST))
+    {
+        metrics::counter!("parley_edge_foreign_origins_refused_total").increment(1);
+        let refused = ApiError::new(ErrorCode::Forbidden, "this origin may not open /ws");
+        return HttpError(refused).into_response();
+    }
     ws.read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(1024 * 1024)

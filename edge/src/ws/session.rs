@@ -38,11 +38,11 @@ pub async fn run(socket: WebSocket, state: EdgeState) {
     let span = tracing::info_span!("ws", session = %session_id, user = tracing::field::Empty);
     async move {
         let mut socket = socket;
-        let Some((user, expires_at_ms)) = join(&mut socket, &state).await else {
+        let Some(joined) = join(&mut socket, &state).await else {
             return;
         };
-        tracing::Span::current().record("user", user.id.as_str());
-        serve_joined(socket, state, session_id, user, expires_at_ms).await;
+        tracing::Span::current().record("user", joined.user.id.as_str());
+        serve_joined(socket, state, session_id, joined).await;
     }
     .instrument(span)
     .await
@@ -65,10 +65,19 @@ async fn send_close(socket: &mut WebSocket, code: u16, reason: &'static str) {
     write(socket, Message::Close(Some(frame))).await;
 }
 
+/// A `join` whose token checked out.
+struct Joined {
+    user: User,
+    /// When the token expires (ms since the epoch).
+    expires_at_ms: i64,
+    /// The `join` frame's `ref`, for an error that refuses the session.
+    reference: Option<String>,
+}
+
 /// Waits for `join` and checks its token. Anything else first, nothing in
 /// time, or a bad token closes the socket with 4001. Answers the user and
 /// when their token expires.
-async fn join(socket: &mut WebSocket, state: &EdgeState) -> Option<(User, i64)> {
+async fn join(socket: &mut WebSocket, state: &EdgeState) -> Option<Joined> {
     let deadline = Instant::now() + state.config.join_timeout;
     loop {
         let next = tokio::time::timeout_at(deadline, socket.recv()).await;
@@ -118,7 +127,11 @@ async fn join(socket: &mut WebSocket, state: &EdgeState) -> Option<(User, i64)> 
             Err(e) => Err(e),
         };
         return match verified {
-            Ok(joined) => Some(joined),
+            Ok((user, expires_at_ms)) => Some(Joined {
+                user,
+                expires_at_ms,
+                reference,
+            }),
             Err(e) => {
                 let frame = server::error(reference.as_deref(), &e);
                 write(socket, Message::Text(frame.into())).await;
@@ -142,13 +155,12 @@ enum Ending {
     Dropped,
 }
 
-async fn serve_joined(
-    mut socket: WebSocket,
-    state: EdgeState,
-    session_id: String,
-    user: User,
-    expires_at_ms: i64,
-) {
+async fn serve_joined(mut socket: WebSocket, state: EdgeState, session_id: String, joined: Joined) {
+    let Joined {
+        user,
+        expires_at_ms,
+        reference,
+    } = joined;
     let (outbox, mut inbox) = mpsc::channel::<Utf8Bytes>(crate::sessions::OUTBOX);
     let kick = Arc::new(Notify::new());
     state.sessions.insert(
@@ -174,10 +186,23 @@ async fn serve_joined(
             .map_err(ApiError::from),
         Err(e) => Err(e),
     };
-    let online = online.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "presence unavailable at join");
-        Vec::new()
-    });
+    let online = match online {
+        Ok(online) => online,
+        // The user is at the session cap (counted over every edge in the
+        // registry); presence-svc already took this session back out.
+        Err(e) if e.code == parley::ErrorCode::RateLimited => {
+            state.sessions.remove(&session_id);
+            let frame = server::error(reference.as_deref(), &e);
+            write(&mut socket, Message::Text(frame.into())).await;
+            send_close(&mut socket, close::TOO_MANY_SESSIONS, "too many sessions").await;
+            tracing::debug!("refused: too many sessions");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "presence unavailable at join");
+            Vec::new()
+        }
+    };
     let greeting = server::connected(&user, &session_id, &state.config.node_id);
     let mut ok = write(&mut socket, Message::Text(greeting.into())).await;
     for p in online {
