@@ -23,8 +23,8 @@ const LOG: TableDefinition<(u8, u32, u64), (&str, &[u8])> = TableDefinition::new
 const OFFSETS: TableDefinition<(&str, u8, u32), u64> = TableDefinition::new("offsets");
 /// (topic, partition) → log end offset: the offset the next record gets.
 /// Kept on its own because retention deletes the records it could otherwise
-/// be derived from: with every record of a partition trimmed, "last record
-/// + 1" would restart at 0 below the groups' committed offsets, and every
+/// be derived from: with every record of a partition trimmed, the offset
+/// after the last record would restart at 0 below the groups' committed offsets, and every
 /// record published after a restart would be skipped as already consumed
 /// (Kafka keeps its log end offset across retention for the same reason).
 const HEADS: TableDefinition<(u8, u32), u64> = TableDefinition::new("heads");
@@ -202,7 +202,10 @@ fn recover_heads(db: &Database, partitions: u32) -> Result<HashMap<(Topic, u32),
                 .transpose()
                 .map_err(storage)?
                 .map_or(0, |(k, _)| k.value().2 + 1);
-            let kept = stored.get((t, p)).map_err(storage)?.map_or(0, |v| v.value());
+            let kept = stored
+                .get((t, p))
+                .map_err(storage)?
+                .map_or(0, |v| v.value());
             let consumed = committed.get(&(t, p)).copied().unwrap_or(0);
             heads.insert((topic, p), after_last.max(kept).max(consumed));
         }
