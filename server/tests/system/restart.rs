@@ -158,7 +158,9 @@ async fn messages_after_an_ordinary_restart_are_delivered_and_stored() {
         let mut a = app.connect(&alice).await;
         let mut b = app.connect(&bob).await;
         for i in 0..2 {
-            let acked = a.send_message(&bob.id, &format!("round {round}, #{i}")).await;
+            let acked = a
+                .send_message(&bob.id, &format!("round {round}, #{i}"))
+                .await;
             let pushed = b.expect("new_message").await;
             expected_seq += 1;
             assert_eq!(pushed["message"]["id"], acked["id"], "round {round}");
@@ -177,7 +179,11 @@ async fn messages_after_an_ordinary_restart_are_delivered_and_stored() {
             .iter()
             .map(|m| m["seq"].as_u64().unwrap())
             .collect();
-        assert_eq!(seqs, (1..=expected_seq).collect::<Vec<_>>(), "round {round}");
+        assert_eq!(
+            seqs,
+            (1..=expected_seq).collect::<Vec<_>>(),
+            "round {round}"
+        );
         drop((a, b));
         node.take().unwrap().terminate();
         node = Some(start(dir.path(), &backends));

@@ -529,6 +529,16 @@ impl Device {
         }
         let code = v["code"].as_str().unwrap_or("?").to_owned();
         self.ctx.shared.refused(&code);
+        if code == "internal" {
+            let at = (self.ctx.shared.now_us() / 1000, self.ctx.shared.cycle());
+            let mut l = self.ctx.shared.lock();
+            if l.counters.internal.len() < 20 {
+                l.counters.internal.push(format!(
+                    "device {} at {} ms in server life {}: {v} for {}",
+                    self.ctx.index, at.0, at.1, op.frame
+                ));
+            }
+        }
         let retry = match code.as_str() {
             "unavailable" | "internal" => Some(Duration::from_millis(100)),
             "rate_limited" => Some(Duration::from_millis(1000)),

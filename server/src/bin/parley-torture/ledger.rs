@@ -71,6 +71,9 @@ pub struct Counters {
     pub live_gaps: u64,
     pub syncs: u64,
     pub ack_timeouts: u64,
+    /// `internal` answers (a server error, not a refusal the protocol
+    /// names for the situation), with what was sent and when.
+    pub internal: Vec<String>,
 }
 
 /// The shared ledger.

@@ -179,19 +179,21 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
             checker::history(&http, &current, token, &c.id).await?,
         ));
     }
-    let ledger = shared.lock();
-    let report = checker::check(&world, &ledger, &views, &logs);
-    let unacked = ledger
-        .sends
-        .values()
-        .filter(|r| r.acked_us.is_none() && r.given_up.is_none())
-        .count();
-    let given_up = ledger
-        .sends
-        .values()
-        .filter(|r| r.given_up.is_some())
-        .count();
-    drop(ledger);
+    let (report, unacked, given_up) = {
+        let ledger = shared.lock();
+        let report = checker::check(&world, &ledger, &views, &logs);
+        let unacked = ledger
+            .sends
+            .values()
+            .filter(|r| r.acked_us.is_none() && r.given_up.is_none())
+            .count();
+        let given_up = ledger
+            .sends
+            .values()
+            .filter(|r| r.given_up.is_some())
+            .count();
+        (report, unacked, given_up)
+    };
 
     if let Some(s) = server.take()
         && let Err(e) = s.stop(Stop::Term).await
@@ -324,7 +326,7 @@ async fn inject(
         } else {
             tokio::time::sleep(up).await;
         }
-        let how = if rng.next() % 3 == 0 {
+        let how = if rng.next().is_multiple_of(3) {
             Stop::Term
         } else {
             Stop::Kill
@@ -504,6 +506,9 @@ fn print_report(report: &Report, faults: &Faults, world: &World) {
     }
     for u in &report.counters.unexpected {
         println!("unexpected: {u}");
+    }
+    for i in &report.counters.internal {
+        println!("internal error: {i}");
     }
     for f in &faults.failures {
         println!("fault failure: {f}");
