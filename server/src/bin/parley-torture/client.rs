@@ -205,6 +205,12 @@ impl Device {
 
     async fn session(&mut self, mut ws: Socket) -> Ended {
         self.sync_ref = None;
+        // The final phase may have begun while this device was reconnecting.
+        if let Phase::Final(expected) = self.phase()
+            && self.missing.is_none()
+        {
+            self.start_final(&expected);
+        }
         let mut out = vec![self.sync_frame()];
         // Everything unanswered goes again, in order, with the same ids.
         let now = Instant::now();
@@ -331,6 +337,12 @@ impl Device {
                 }
             }
             Phase::Draining | Phase::Stop => {}
+        }
+        // A sync unanswered for long is asked again (its answer, should it
+        // still come, is then ignored).
+        if self.sync_ref.is_some() && self.last_sync.elapsed() > self.ctx.settings.ack_timeout {
+            self.ctx.shared.lock().counters.ack_timeouts += 1;
+            out.push(self.sync_frame());
         }
         if self.sync_ref.is_none()
             && self.above.values().any(|s| !s.is_empty())

@@ -112,9 +112,14 @@ pub struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let deadline = std::time::Duration::from_secs(args.deadline_secs);
-    let clean = tokio::time::timeout(deadline, run::run(args))
-        .await
-        .map_err(|_| anyhow::anyhow!("deadline reached"))??;
+    // Interrupted, the run is dropped, and with it the spawned server
+    // (killed on drop), before the process exits.
+    let clean = tokio::select! {
+        outcome = tokio::time::timeout(deadline, run::run(args)) => {
+            outcome.map_err(|_| anyhow::anyhow!("deadline reached"))??
+        }
+        _ = parley::node::shutdown_signal() => anyhow::bail!("interrupted"),
+    };
     if !clean {
         std::process::exit(1);
     }

@@ -44,12 +44,15 @@ impl Rng {
 /// Runs the whole torture; answers whether it was clean.
 pub async fn run(args: Args) -> anyhow::Result<bool> {
     let began = Instant::now();
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-    }) | 1;
+    let seed = args
+        .seed
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+        .max(1);
     let mut rng = Rng(seed);
     let spawned = args.mode != Mode::Cluster;
     let run_id = format!("tt{}x{}", std::process::id() % 100_000, seed % 10_000);
