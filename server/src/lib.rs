@@ -6,6 +6,7 @@
 //! being served, so tests bind port 0, read [`App::http_addr`] and go.
 
 pub mod cli;
+pub mod client;
 
 use parley::backends::{BackendError, Backends};
 use parley::config::{BackendConfig, Liveness};

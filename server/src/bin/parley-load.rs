@@ -17,11 +17,11 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use parley_server::client::{Socket, join, join_at, percentiles, register_many, rss_kib};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::connect_async_with_config;
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Debug, Parser)]
@@ -137,76 +137,6 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::timeout(deadline, run)
         .await
         .context("deadline reached")?
-}
-
-struct User {
-    id: String,
-    token: String,
-}
-
-async fn register(http: &reqwest::Client, url: &str, name: &str) -> anyhow::Result<User> {
-    let resp = http
-        .post(format!("{url}/api/auth/register"))
-        .json(&json!({"username": name, "email": format!("{name}@load.test"), "password": "load-password-1"}))
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("register {name}: {}", resp.status());
-    }
-    let body: Value = resp.json().await?;
-    Ok(User {
-        id: body["user"]["id"]
-            .as_str()
-            .context("no user id")?
-            .to_owned(),
-        token: body["token"].as_str().context("no token")?.to_owned(),
-    })
-}
-
-async fn register_many(url: &str, prefix: &str, count: usize) -> anyhow::Result<Vec<User>> {
-    let http = reqwest::Client::new();
-    let names: Vec<String> = (0..count).map(|i| format!("{prefix}{i}")).collect();
-    // Registration hashes a password (argon2): a few at a time is plenty.
-    futures::stream::iter(names)
-        .map(|n| {
-            let http = http.clone();
-            async move { register(&http, url, &n).await }
-        })
-        .buffered(4)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect()
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Connects and joins; answers the socket and the node (edge) it landed on.
-async fn join_at(url: &str, token: &str) -> anyhow::Result<(Socket, String)> {
-    let ws_url = format!("{}/ws", url.replacen("http", "ws", 1));
-    let (mut ws, _) = connect_async_with_config(ws_url, None, true).await?;
-    ws.send(Message::Text(
-        json!({"type": "join", "token": token}).to_string().into(),
-    ))
-    .await?;
-    while let Some(frame) = ws.next().await {
-        if let Message::Text(t) = frame? {
-            let v: Value = serde_json::from_str(&t)?;
-            if v["type"] == "connected" {
-                let node = v["node"].as_str().unwrap_or_default().to_owned();
-                return Ok((ws, node));
-            }
-            if v["type"] == "error" {
-                bail!("join refused: {v}");
-            }
-        }
-    }
-    bail!("closed before connected")
-}
-
-async fn join(url: &str, token: &str) -> anyhow::Result<Socket> {
-    Ok(join_at(url, token).await?.0)
 }
 
 fn prefix() -> String {
@@ -488,16 +418,6 @@ async fn member(
     Ok(())
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")
-}
-
 async fn idle(url: &str, connections: usize, server_pid: u32) -> anyhow::Result<()> {
     let users = register_many(url, &prefix(), 10).await?;
     // One warm-up connection per user, so per-user state is not counted.
@@ -682,15 +602,6 @@ async fn flood(
 fn env(name: &str) -> anyhow::Result<String> {
     std::env::var(name)
         .with_context(|| format!("{name} is not set (eval \"$(scripts/infra env)\")"))
-}
-
-fn percentiles(h: &Histogram<u64>) -> String {
-    format!(
-        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        h.value_at_quantile(0.5) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0,
-        h.max() as f64 / 1000.0
-    )
 }
 
 /// Sequential publishes to a throw-away topic prefix: the latency of one

@@ -1,0 +1,686 @@
+//! One device: a WebSocket of one user that behaves as docs/protocol.md
+//! tells clients to. It sends at a steady pace (a window of unanswered
+//! operations: 1 in the torture, many in the open-loop overload), resends
+//! with the same `client_msg_id` on `unavailable`, `rate_limited`, a
+//! missing ack or a dropped connection, `sync`s from its last seq per
+//! conversation after every (re)connect and on a seq gap, and dedupes what
+//! it receives by message id. It also edits, deletes and reacts to some
+//! acked messages, and writes everything to the ledger.
+
+use crate::ledger::{ChangeKind, ChangeRecord, DeviceView, Key, SendRecord, Shared};
+use crate::world::World;
+use futures::{SinkExt, StreamExt};
+use parley_server::client::{Socket, join_with};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How devices behave.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Time between two operations of one device.
+    pub pace: Duration,
+    /// Operations a device may have unanswered.
+    pub window: usize,
+    /// Open loop: a refused send is given up (counted), not resent.
+    pub open_loop: bool,
+    /// An operation unanswered this long is sent again.
+    pub ack_timeout: Duration,
+    /// Edit, delete and react to some messages.
+    pub changes: bool,
+}
+
+/// What the devices are to do now.
+#[derive(Debug, Clone)]
+pub enum Phase {
+    /// Send and change at the pace.
+    Running,
+    /// Issue nothing new; finish what is outstanding.
+    Draining,
+    /// Sync until every expected entry has arrived.
+    Final(Arc<Expected>),
+    /// Return the view.
+    Stop,
+}
+
+/// What each user's devices must have at the end: the acked messages and
+/// the ids of the acked changes of the user's conversations.
+#[derive(Debug, Default)]
+pub struct Expected {
+    pub messages: HashMap<String, HashSet<Key>>,
+    pub changes: HashMap<String, HashSet<String>>,
+}
+
+/// A device's news for the orchestrator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Milestone {
+    /// Nothing outstanding any more (after [`Phase::Draining`]).
+    Drained,
+    /// Everything expected has arrived (after [`Phase::Final`]).
+    Complete,
+}
+
+/// What a device is handed.
+pub struct DeviceCtx {
+    pub index: usize,
+    pub user: usize,
+    /// Which of its user's devices it is (0 reacts).
+    pub local: usize,
+    pub world: Arc<World>,
+    pub shared: Shared,
+    pub settings: Arc<Settings>,
+    /// The server's current URL; `None` while it is down.
+    pub url: watch::Receiver<Option<String>>,
+    pub phase: watch::Receiver<Phase>,
+    pub news: mpsc::UnboundedSender<(usize, Milestone)>,
+    pub seed: u64,
+}
+
+enum OpKind {
+    Send(Key),
+    /// Index into the ledger's changes.
+    Change(usize),
+}
+
+enum OpState {
+    Sent(Instant),
+    RetryAt(Instant),
+}
+
+struct Op {
+    kind: OpKind,
+    frame: Value,
+    attempts: u32,
+    state: OpState,
+}
+
+/// Why a session ended.
+enum Ended {
+    Dropped,
+    Stop,
+}
+
+/// A device's state across its connections.
+pub struct Device {
+    ctx: DeviceCtx,
+    view: DeviceView,
+    ops: BTreeMap<u64, Op>,
+    next_op: u64,
+    next_index: u64,
+    /// Changes planned on messages seen, not yet issued.
+    planned: VecDeque<(String, Key, String, ChangeKind)>,
+    /// Seqs received above the contiguous one, per conversation.
+    above: HashMap<String, BTreeSet<u64>>,
+    sync_ref: Option<String>,
+    syncs: u64,
+    last_sync: Instant,
+    missing: Option<(HashSet<Key>, HashSet<String>)>,
+    drained_told: bool,
+    complete_told: bool,
+    rng: u64,
+}
+
+impl Device {
+    /// A device that has not connected yet.
+    pub fn new(ctx: DeviceCtx) -> Self {
+        let view = DeviceView {
+            device: ctx.index,
+            user: ctx.world.users[ctx.user].id.clone(),
+            ..DeviceView::default()
+        };
+        let rng = ctx.seed ^ (ctx.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        Self {
+            ctx,
+            view,
+            ops: BTreeMap::new(),
+            next_op: 0,
+            next_index: 0,
+            planned: VecDeque::new(),
+            above: HashMap::new(),
+            sync_ref: None,
+            syncs: 0,
+            last_sync: Instant::now(),
+            missing: None,
+            drained_told: false,
+            complete_told: false,
+            rng: rng | 1,
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64: enough to spread devices over conversations.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// Connects, runs sessions until [`Phase::Stop`], answers the view.
+    pub async fn run(mut self) -> DeviceView {
+        let mut first = true;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if matches!(*self.ctx.phase.borrow(), Phase::Stop) {
+                break;
+            }
+            let url = self.ctx.url.borrow_and_update().clone();
+            let Some(url) = url else {
+                // Down: wait for the restart (or the end).
+                tokio::select! {
+                    _ = self.ctx.url.changed() => {}
+                    _ = self.ctx.phase.changed() => {}
+                }
+                continue;
+            };
+            let token = self.ctx.world.users[self.ctx.user].token.clone();
+            let joined =
+                tokio::time::timeout(Duration::from_secs(10), join_with(&url, &token)).await;
+            let ws = match joined {
+                Ok(Ok((ws, _))) => ws,
+                _ => {
+                    self.ctx.shared.lock().counters.connect_failures += 1;
+                    tokio::select! {
+                        _ = self.ctx.url.changed() => {}
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(50);
+            if !first {
+                self.ctx.shared.lock().counters.reconnects += 1;
+            }
+            first = false;
+            if let Ended::Stop = self.session(ws).await {
+                break;
+            }
+        }
+        self.view
+    }
+
+    async fn session(&mut self, mut ws: Socket) -> Ended {
+        self.sync_ref = None;
+        // The final phase may have begun while this device was reconnecting.
+        if let Phase::Final(expected) = self.phase()
+            && self.missing.is_none()
+        {
+            self.start_final(&expected);
+        }
+        let mut out = vec![self.sync_frame()];
+        // Everything unanswered goes again, in order, with the same ids.
+        let now = Instant::now();
+        for op in self.ops.values_mut() {
+            op.state = OpState::RetryAt(now);
+        }
+        out.extend(self.due(now));
+        let mut tick = tokio::time::interval(self.ctx.settings.pace);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            for frame in out.drain(..) {
+                if ws
+                    .send(Message::Text(frame.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    return Ended::Dropped;
+                }
+            }
+            tokio::select! {
+                frame = ws.next() => match frame {
+                    Some(Ok(Message::Text(t))) => match serde_json::from_str::<Value>(&t) {
+                        Ok(v) => out = self.on_frame(&v),
+                        Err(e) => self.ctx.shared.unexpected(format!("undecodable frame: {e}")),
+                    },
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Ended::Dropped,
+                    Some(Ok(_)) => {}
+                },
+                _ = tick.tick() => out = self.on_tick(),
+                changed = self.ctx.phase.changed() => {
+                    if changed.is_err() {
+                        return Ended::Stop;
+                    }
+                    let phase = self.ctx.phase.borrow_and_update().clone();
+                    match phase {
+                        Phase::Stop => return Ended::Stop,
+                        Phase::Final(expected) => {
+                            self.start_final(&expected);
+                            if self.sync_ref.is_none() {
+                                out.push(self.sync_frame());
+                            }
+                        }
+                        Phase::Running | Phase::Draining => {}
+                    }
+                }
+            }
+            self.tell();
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        self.ctx.phase.borrow().clone()
+    }
+
+    fn tell(&mut self) {
+        let phase = self.phase();
+        if !matches!(phase, Phase::Running) && self.ops.is_empty() && !self.drained_told {
+            self.drained_told = true;
+            let _ = self.ctx.news.send((self.ctx.index, Milestone::Drained));
+        }
+        if let Some((m, c)) = &self.missing
+            && m.is_empty()
+            && c.is_empty()
+            && !self.complete_told
+        {
+            self.complete_told = true;
+            let _ = self.ctx.news.send((self.ctx.index, Milestone::Complete));
+        }
+    }
+
+    fn start_final(&mut self, expected: &Expected) {
+        let user = &self.view.user;
+        let mut messages = expected.messages.get(user).cloned().unwrap_or_default();
+        messages.retain(|k| !self.view.got.contains_key(k));
+        let mut changes = expected.changes.get(user).cloned().unwrap_or_default();
+        changes.retain(|c| !self.view.changes_seen.contains(c));
+        self.missing = Some((messages, changes));
+    }
+
+    fn sync_frame(&mut self) -> Value {
+        self.syncs += 1;
+        self.last_sync = Instant::now();
+        let reference = format!("s{}", self.syncs);
+        self.sync_ref = Some(reference.clone());
+        self.ctx.shared.lock().counters.syncs += 1;
+        json!({"type": "sync", "ref": reference, "since": self.view.contiguous})
+    }
+
+    fn on_tick(&mut self) -> Vec<Value> {
+        let now = Instant::now();
+        let mut out = self.due(now);
+        let timeout = self.ctx.settings.ack_timeout;
+        let mut timed_out = 0;
+        for op in self.ops.values_mut() {
+            if let OpState::Sent(at) = op.state
+                && now.duration_since(at) > timeout
+            {
+                op.state = OpState::RetryAt(now);
+                timed_out += 1;
+            }
+        }
+        if timed_out > 0 {
+            self.ctx.shared.lock().counters.ack_timeouts += timed_out;
+            out.extend(self.due(now));
+        }
+        match self.phase() {
+            Phase::Running => {
+                if self.ops.len() < self.ctx.settings.window {
+                    out.extend(self.issue());
+                }
+            }
+            Phase::Final(_) => {
+                let incomplete = self
+                    .missing
+                    .as_ref()
+                    .is_some_and(|(m, c)| !m.is_empty() || !c.is_empty());
+                // Not there yet and no answer pending: the sequencer may be
+                // catching up; ask again now and then.
+                if incomplete
+                    && self.sync_ref.is_none()
+                    && self.last_sync.elapsed() > Duration::from_secs(2)
+                {
+                    out.push(self.sync_frame());
+                }
+            }
+            Phase::Draining | Phase::Stop => {}
+        }
+        // A sync unanswered for long is asked again (its answer, should it
+        // still come, is then ignored).
+        if self.sync_ref.is_some() && self.last_sync.elapsed() > self.ctx.settings.ack_timeout {
+            self.ctx.shared.lock().counters.ack_timeouts += 1;
+            out.push(self.sync_frame());
+        }
+        if self.sync_ref.is_none()
+            && self.above.values().any(|s| !s.is_empty())
+            && self.last_sync.elapsed() > Duration::from_millis(500)
+        {
+            out.push(self.sync_frame());
+        }
+        out
+    }
+
+    /// The frames of the operations whose retry time has come.
+    fn due(&mut self, now: Instant) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut resends = 0;
+        for (no, op) in self.ops.iter_mut() {
+            if let OpState::RetryAt(at) = op.state
+                && at <= now
+            {
+                op.attempts += 1;
+                resends += u64::from(op.attempts > 1);
+                op.state = OpState::Sent(now);
+                let mut frame = op.frame.clone();
+                frame["ref"] = json!(format!("o{no}a{}", op.attempts));
+                out.push(frame);
+            }
+        }
+        if resends > 0 {
+            let mut l = self.ctx.shared.lock();
+            l.counters.resends += resends;
+            for op in self.ops.values() {
+                if op.attempts > 1 {
+                    match &op.kind {
+                        OpKind::Send(key) => {
+                            if let Some(r) = l.sends.get_mut(key) {
+                                r.attempts = r.attempts.max(op.attempts);
+                            }
+                        }
+                        OpKind::Change(i) => {
+                            if let Some(c) = l.changes.get_mut(*i) {
+                                c.attempts = c.attempts.max(op.attempts);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A new operation: a planned change first, else a message.
+    fn issue(&mut self) -> Vec<Value> {
+        let no = self.next_op;
+        self.next_op += 1;
+        let now = Instant::now();
+        let (kind, frame) = if let Some((conversation, target, target_id, change)) =
+            self.planned.pop_front()
+        {
+            let frame = match &change {
+                ChangeKind::Edit(body) => json!({"type": "edit_message",
+                    "conversation_id": conversation, "message_id": target_id, "body": body}),
+                ChangeKind::Delete => json!({"type": "delete_message",
+                    "conversation_id": conversation, "message_id": target_id}),
+                ChangeKind::React(emoji) => json!({"type": "react",
+                    "conversation_id": conversation, "message_id": target_id, "emoji": emoji}),
+            };
+            let mut l = self.ctx.shared.lock();
+            l.changes.push(ChangeRecord {
+                conversation,
+                target,
+                target_id,
+                by: self.view.user.clone(),
+                kind: change,
+                acked_ids: Vec::new(),
+                applied_earlier: false,
+                attempts: 1,
+            });
+            (OpKind::Change(l.changes.len() - 1), frame)
+        } else {
+            let mine = self.ctx.world.conversations_of(self.ctx.user);
+            if mine.is_empty() {
+                return Vec::new();
+            }
+            let c = mine[(self.random() % mine.len() as u64) as usize];
+            let conversation = &self.ctx.world.conversations[c];
+            let index = self.next_index;
+            self.next_index += 1;
+            let cmid = format!("d{}n{index}", self.ctx.index);
+            let now_us = self.ctx.shared.now_us();
+            let body = format!("{cmid} t{now_us}");
+            let mut frame = json!({"type": "send_message", "client_msg_id": cmid, "body": body});
+            if conversation.direct {
+                let peer = conversation
+                    .members
+                    .iter()
+                    .find(|&&m| m != self.ctx.user)
+                    .copied()
+                    .unwrap_or(self.ctx.user);
+                frame["to"] = json!(self.ctx.world.users[peer].id);
+            } else {
+                frame["conversation_id"] = json!(conversation.id);
+            }
+            let key = (self.view.user.clone(), cmid);
+            let cycle = self.ctx.shared.cycle();
+            let mut l = self.ctx.shared.lock();
+            l.counters.offered += 1;
+            l.sends.insert(
+                key.clone(),
+                SendRecord {
+                    conversation: conversation.id.clone(),
+                    device: self.ctx.index,
+                    index,
+                    first_sent_us: now_us,
+                    acked_us: None,
+                    acked_cycle: None,
+                    sent_cycle: cycle,
+                    ack_ids: BTreeSet::new(),
+                    attempts: 1,
+                    given_up: None,
+                },
+            );
+            (OpKind::Send(key), frame)
+        };
+        self.ops.insert(
+            no,
+            Op {
+                kind,
+                frame,
+                attempts: 0,
+                state: OpState::RetryAt(now),
+            },
+        );
+        self.due(now)
+    }
+
+    fn on_frame(&mut self, v: &Value) -> Vec<Value> {
+        let mut out = Vec::new();
+        match v["type"].as_str().unwrap_or_default() {
+            "ack" | "error" => self.on_answer(v, &mut out),
+            "new_message" => self.on_message(&v["message"], &mut out),
+            "message_edited" | "message_deleted" | "reaction" => {
+                if let Some(id) = v["id"].as_str() {
+                    self.view.changes_seen.insert(id.to_owned());
+                    if let Some((_, c)) = &mut self.missing {
+                        c.remove(id);
+                    }
+                }
+                let conversation = v["conversation_id"].as_str().unwrap_or_default().to_owned();
+                self.on_seq(&conversation, v["seq"].as_u64().unwrap_or(0), &mut out);
+            }
+            _ => {}
+        }
+        out
+    }
+
+    fn on_answer(&mut self, v: &Value, out: &mut Vec<Value>) {
+        let reference = v["ref"].as_str().unwrap_or_default();
+        if Some(reference) == self.sync_ref.as_deref() {
+            if v["type"] == "error" {
+                self.ctx.shared.refused(v["code"].as_str().unwrap_or("?"));
+                self.sync_ref = None;
+                return;
+            }
+            self.sync_ref = None;
+            let truncated = v["truncated"].as_array().is_some_and(|t| !t.is_empty());
+            if truncated {
+                out.push(self.sync_frame());
+            }
+            return;
+        }
+        if v["type"] == "ack"
+            && let Some(cmid) = v["message"]["client_msg_id"].as_str()
+        {
+            // Any ack of a message counts, even one of an earlier attempt.
+            let key = (self.view.user.clone(), cmid.to_owned());
+            self.ctx.shared.acked(&key, &v["message"]);
+        }
+        let Some(no) = reference
+            .strip_prefix('o')
+            .and_then(|r| r.split('a').next())
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let Some(op) = self.ops.get_mut(&no) else {
+            return; // an earlier attempt of an operation already answered
+        };
+        if v["type"] == "ack" {
+            if let OpKind::Change(i) = op.kind
+                && let Some(id) = v["change"]["id"].as_str()
+                && let Some(c) = self.ctx.shared.lock().changes.get_mut(i)
+            {
+                c.acked_ids.push(id.to_owned());
+            }
+            self.ops.remove(&no);
+            return;
+        }
+        let code = v["code"].as_str().unwrap_or("?").to_owned();
+        self.ctx.shared.refused(&code);
+        if code == "internal" {
+            let at = (self.ctx.shared.now_us() / 1000, self.ctx.shared.cycle());
+            let mut l = self.ctx.shared.lock();
+            if l.counters.internal.len() < 20 {
+                l.counters.internal.push(format!(
+                    "device {} at {} ms in server life {}: {v} for {}",
+                    self.ctx.index, at.0, at.1, op.frame
+                ));
+            }
+        }
+        let retry = match code.as_str() {
+            "unavailable" | "internal" => Some(Duration::from_millis(100)),
+            "rate_limited" => Some(Duration::from_millis(1000)),
+            _ => None,
+        };
+        let resent = op.attempts > 1;
+        match (retry, &op.kind) {
+            (Some(_), OpKind::Send(key)) if self.ctx.settings.open_loop => {
+                if let Some(r) = self.ctx.shared.lock().sends.get_mut(key) {
+                    r.given_up = Some(code);
+                }
+                self.ops.remove(&no);
+            }
+            (Some(after), _) => op.state = OpState::RetryAt(Instant::now() + after),
+            (None, OpKind::Change(i)) if code == "invalid" && resent => {
+                // A resent deletion whose earlier attempt was applied.
+                if let Some(c) = self.ctx.shared.lock().changes.get_mut(*i)
+                    && c.kind == ChangeKind::Delete
+                {
+                    c.applied_earlier = true;
+                }
+                self.ops.remove(&no);
+            }
+            (None, _) => {
+                self.ctx.shared.unexpected(format!(
+                    "device {} got {v} for {}",
+                    self.ctx.index, op.frame
+                ));
+                self.ops.remove(&no);
+            }
+        }
+    }
+
+    fn on_message(&mut self, m: &Value, out: &mut Vec<Value>) {
+        let (Some(id), Some(from), Some(cmid), Some(conversation)) = (
+            m["id"].as_str(),
+            m["from"].as_str(),
+            m["client_msg_id"].as_str(),
+            m["conversation_id"].as_str(),
+        ) else {
+            return;
+        };
+        let key = (from.to_owned(), cmid.to_owned());
+        let ids = self.view.got.entry(key.clone()).or_default();
+        let first = ids.is_empty();
+        ids.insert(id.to_owned());
+        if let Some((missing, _)) = &mut self.missing {
+            missing.remove(&key);
+        }
+        let running = matches!(self.phase(), Phase::Running);
+        if first && running && from != self.view.user {
+            let sent_us = m["body"]
+                .as_str()
+                .and_then(|b| b.rsplit(" t").next())
+                .and_then(|t| t.parse::<u64>().ok());
+            if let Some(sent) = sent_us {
+                let now = self.ctx.shared.now_us();
+                self.view.latencies_us.push(now.saturating_sub(sent));
+            }
+        }
+        if first && running && self.ctx.settings.changes && !m["deleted"].as_bool().unwrap_or(false)
+        {
+            self.plan_change(conversation, &key, id);
+        }
+        self.on_seq(conversation, m["seq"].as_u64().unwrap_or(0), out);
+    }
+
+    /// Plans a deletion (index ≡ 3 mod 10) or an edit (≡ 5) of this
+    /// device's own messages, and a reaction (≡ 7) from the member after
+    /// the sender (its first device).
+    fn plan_change(&mut self, conversation: &str, key: &Key, id: &str) {
+        let Some(index) = key.1.split_once('n').and_then(|(d, n)| {
+            Some((
+                d.strip_prefix('d')?.parse::<usize>().ok()?,
+                n.parse::<u64>().ok()?,
+            ))
+        }) else {
+            return;
+        };
+        let (device, n) = index;
+        let world = &self.ctx.world;
+        let (Some(&c), Some(sender)) = (world.by_id.get(conversation), world.user_index(&key.0))
+        else {
+            return;
+        };
+        let change = match n % 10 {
+            3 if device == self.ctx.index => ChangeKind::Delete,
+            5 if device == self.ctx.index => ChangeKind::Edit(format!("edited {}", key.1)),
+            7 if self.ctx.local == 0 && world.reactor(c, sender) == Some(self.ctx.user) => {
+                ChangeKind::React(["👍", "🎉", "ok"][(n / 10 % 3) as usize].to_owned())
+            }
+            _ => return,
+        };
+        let tag = match change {
+            ChangeKind::Edit(_) => "edit",
+            ChangeKind::Delete => "delete",
+            ChangeKind::React(_) => "react",
+        };
+        if !self.ctx.shared.lock().planned.insert((key.clone(), tag)) {
+            return;
+        }
+        self.planned
+            .push_back((conversation.to_owned(), key.clone(), id.to_owned(), change));
+    }
+
+    /// Tracks the contiguous seq of a conversation; a gap asks for a sync.
+    fn on_seq(&mut self, conversation: &str, seq: u64, out: &mut Vec<Value>) {
+        if seq == 0 {
+            return;
+        }
+        let last = self
+            .view
+            .contiguous
+            .entry(conversation.to_owned())
+            .or_insert(0);
+        if seq <= *last {
+            return;
+        }
+        let above = self.above.entry(conversation.to_owned()).or_default();
+        if seq == *last + 1 {
+            *last = seq;
+            while above.remove(&(*last + 1)) {
+                *last += 1;
+            }
+            return;
+        }
+        above.insert(seq);
+        if self.sync_ref.is_none() {
+            self.ctx.shared.lock().counters.live_gaps += 1;
+            out.push(self.sync_frame());
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! `parley-torture`: nothing acked is ever lost (issue 10).
+//!
+//! Clients with a ledger (`ledger`) drive a real Parley: users in 1:1 and
+//! group conversations (`world`), several devices per user, each a
+//! WebSocket that sends at a steady pace and behaves as docs/protocol.md
+//! tells clients to (`client`). Meanwhile the fault injector (`fault`)
+//! kills the server with SIGKILL and stops it with SIGTERM at random
+//! moments and starts it again on the same data directory (and, on the real
+//! engines, stops and starts each engine; on a cluster, single processes).
+//! After the last cycle every device drains what it has outstanding and
+//! syncs to the end; then the checker (`checker`) compares the stored
+//! history with the ledger and with what each device received, prints the
+//! figures per conversation and a greppable `TORTURE …` summary line, and
+//! the exit code is non-zero on any loss, duplicate, gap or reorder.
+//!
+//! Modes: `embedded` (the default; the test suite runs it), `real`
+//! (KAFKA_BROKERS, REDIS_URL, MONGODB_URL set), `cluster` (through nginx of
+//! `scripts/cluster`), `overload` (an open-loop offered rate for a
+//! duration: offered, acked, refused by code, send → deliver p50/p99, the
+//! server's peak RSS). Every loop is bounded in count and time.
+
+mod checker;
+mod client;
+mod fault;
+mod ledger;
+mod run;
+mod world;
+
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+
+/// What to torture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// A spawned `parley` on the embedded backends, killed and restarted.
+    Embedded,
+    /// A spawned `parley` on Kafka, Redis and MongoDB (from the
+    /// environment), killed and restarted; the engines stopped in turn.
+    Real,
+    /// A running `scripts/cluster`; single processes killed and stopped.
+    Cluster,
+    /// A spawned `parley` under an open-loop offered rate, no faults.
+    Overload,
+}
+
+/// The command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "parley-torture",
+    about = "Restarts, crashes and overload: nothing acked is ever lost"
+)]
+pub struct Args {
+    #[arg(long, value_enum, default_value_t = Mode::Embedded)]
+    pub mode: Mode,
+    /// The `parley` binary to run (default: beside this one).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// The server's data directory (default: a new one under the temp
+    /// dir, removed after a clean run, kept after a failed one).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The cluster's URL (cluster mode).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Kill/stop and restart cycles.
+    #[arg(long, default_value_t = 20)]
+    pub cycles: u32,
+    /// Shortest and longest server life between two faults, in ms.
+    #[arg(long, default_value_t = 1500)]
+    pub min_up_ms: u64,
+    #[arg(long, default_value_t = 5000)]
+    pub max_up_ms: u64,
+    /// Every how many cycles an engine is stopped (real mode).
+    #[arg(long, default_value_t = 3)]
+    pub engine_every: u32,
+    /// How long a stopped engine or cluster process stays down, in ms.
+    #[arg(long, default_value_t = 3000)]
+    pub outage_ms: u64,
+    #[arg(long, default_value_t = 12)]
+    pub users: usize,
+    /// Most devices per user (user i has 1 + i % devices).
+    #[arg(long, default_value_t = 3)]
+    pub devices: usize,
+    #[arg(long, default_value_t = 3)]
+    pub groups: usize,
+    /// Time between two operations of one device, in ms.
+    #[arg(long, default_value_t = 300)]
+    pub pace_ms: u64,
+    /// Overload: offered messages per second over all devices.
+    #[arg(long, default_value_t = 2000)]
+    pub rate: u64,
+    /// Overload: how long to offer it, in seconds.
+    #[arg(long, default_value_t = 20)]
+    pub duration_secs: u64,
+    /// Lift the server's per-connection and per-user send limits.
+    #[arg(long)]
+    pub no_limits: bool,
+    /// Seed of the fault schedule and of the devices' choices.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// `scripts/infra` (real mode), `scripts/cluster` (cluster mode).
+    #[arg(long, env = "PARLEY_INFRA", default_value = "scripts/infra")]
+    pub infra: PathBuf,
+    #[arg(long, env = "PARLEY_CLUSTER_SCRIPT", default_value = "scripts/cluster")]
+    pub cluster_script: PathBuf,
+    /// Give up after this many seconds, whatever the progress.
+    #[arg(long, default_value_t = 900)]
+    pub deadline_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let deadline = std::time::Duration::from_secs(args.deadline_secs);
+    // Interrupted, the run is dropped, and with it the spawned server
+    // (killed on drop), before the process exits.
+    let clean = tokio::select! {
+        outcome = tokio::time::timeout(deadline, run::run(args)) => {
+            outcome.map_err(|_| anyhow::anyhow!("deadline reached"))??
+        }
+        _ = parley::node::shutdown_signal() => anyhow::bail!("interrupted"),
+    };
+    if !clean {
+        std::process::exit(1);
+    }
+    Ok(())
+}

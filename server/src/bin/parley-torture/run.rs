@@ -1,0 +1,525 @@
+//! One run: start the target, build the world, start the devices, inject
+//! the faults, quiesce, check and report.
+
+use crate::checker::{self, Report};
+use crate::client::{Device, DeviceCtx, Expected, Milestone, Phase, Settings};
+use crate::fault::{self, CLUSTER_FAULTS, ENGINES, Server, ServerSpec, Stop};
+use crate::ledger::{ChangeKind, Shared};
+use crate::world::World;
+use crate::{Args, Mode};
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// What the fault injector did.
+#[derive(Debug, Default)]
+struct Faults {
+    cycles: u32,
+    kills: u32,
+    terms: u32,
+    engine_faults: u32,
+    cluster_faults: u32,
+    failures: Vec<String>,
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi.saturating_sub(lo) + 1)
+    }
+}
+
+/// Runs the whole torture; answers whether it was clean.
+pub async fn run(args: Args) -> anyhow::Result<bool> {
+    let began = Instant::now();
+    let seed = args
+        .seed
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+        .max(1);
+    let mut rng = Rng(seed);
+    let spawned = args.mode != Mode::Cluster;
+    let run_id = format!("tt{}x{}", std::process::id() % 100_000, seed % 10_000);
+    let own_dir = args.data_dir.is_none();
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("parley-torture-{run_id}")));
+    let spec = server_spec(&args, &data_dir, &run_id)?;
+
+    let (url_tx, url_rx) = watch::channel(None::<String>);
+    let peak_rss = Arc::new(AtomicU64::new(0));
+    let server_pid = Arc::new(AtomicU64::new(0));
+    let mut server = None;
+    let url = if spawned {
+        std::fs::create_dir_all(&data_dir)?;
+        let s = fault::start(&spec).await?;
+        server_pid.store(u64::from(s.pid), Ordering::Relaxed);
+        let url = s.url.clone();
+        server = Some(s);
+        url
+    } else {
+        args.url.clone()
+    };
+    url_tx.send_replace(Some(url.clone()));
+    let sampler = tokio::spawn(sample_rss(server_pid.clone(), peak_rss.clone()));
+
+    let world = Arc::new(World::build(&url, &run_id, args.users, args.devices, args.groups).await?);
+    let shared = Shared::new();
+    let overload = args.mode == Mode::Overload;
+    let devices = world.device_count();
+    let settings = Arc::new(Settings {
+        pace: if overload {
+            Duration::from_micros(1_000_000 * devices as u64 / args.rate.max(1))
+                .max(Duration::from_micros(200))
+        } else {
+            Duration::from_millis(args.pace_ms.max(1))
+        },
+        window: if overload { 10_000 } else { 1 },
+        open_loop: overload,
+        ack_timeout: Duration::from_secs(if overload { 30 } else { 5 }),
+        changes: !overload,
+    });
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let (news_tx, mut news_rx) = mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    let mut index = 0;
+    for (user, &count) in world.devices.iter().enumerate() {
+        for local in 0..count {
+            let device = Device::new(DeviceCtx {
+                index,
+                user,
+                local,
+                world: world.clone(),
+                shared: shared.clone(),
+                settings: settings.clone(),
+                url: url_rx.clone(),
+                phase: phase_rx.clone(),
+                news: news_tx.clone(),
+                seed: seed.wrapping_add(index as u64),
+            });
+            tasks.push(tokio::spawn(device.run()));
+            index += 1;
+        }
+    }
+    eprintln!(
+        "torture: mode {:?}, seed {seed}, {} users, {devices} devices, {} conversations, data dir {}",
+        args.mode,
+        world.users.len(),
+        world.conversations.len(),
+        data_dir.display()
+    );
+
+    let mut faults = Faults::default();
+    let offered_for = Instant::now();
+    match args.mode {
+        Mode::Embedded | Mode::Real => {
+            inject(
+                &args,
+                &spec,
+                &mut server,
+                &url_tx,
+                &shared,
+                &server_pid,
+                &mut rng,
+                &mut faults,
+            )
+            .await?;
+        }
+        Mode::Cluster => inject_cluster(&args, &shared, &mut rng, &mut faults).await,
+        Mode::Overload => tokio::time::sleep(Duration::from_secs(args.duration_secs)).await,
+    }
+    let offered_secs = offered_for.elapsed().as_secs_f64();
+
+    // Quiesce: nothing new, finish what is outstanding, then sync to the end.
+    phase_tx.send_replace(Phase::Draining);
+    let drained = await_news(
+        &mut news_rx,
+        devices,
+        Milestone::Drained,
+        Duration::from_secs(120),
+    )
+    .await;
+    let expected = expected(&world, &shared);
+    phase_tx.send_replace(Phase::Final(Arc::new(expected)));
+    let complete = await_news(
+        &mut news_rx,
+        devices,
+        Milestone::Complete,
+        Duration::from_secs(60),
+    )
+    .await;
+    phase_tx.send_replace(Phase::Stop);
+    let mut views = Vec::new();
+    for t in tasks {
+        views.push(t.await.context("a device panicked")?);
+    }
+    sampler.abort();
+
+    let current = url_rx.borrow().clone().context("no server at the end")?;
+    let http = reqwest::Client::new();
+    let mut logs = Vec::new();
+    for c in &world.conversations {
+        let token = &world.users[c.members[0]].token;
+        logs.push((
+            c.id.clone(),
+            checker::history(&http, &current, token, &c.id).await?,
+        ));
+    }
+    let (report, unacked, given_up) = {
+        let ledger = shared.lock();
+        let report = checker::check(&world, &ledger, &views, &logs);
+        let unacked = ledger
+            .sends
+            .values()
+            .filter(|r| r.acked_us.is_none() && r.given_up.is_none())
+            .count();
+        let given_up = ledger
+            .sends
+            .values()
+            .filter(|r| r.given_up.is_some())
+            .count();
+        (report, unacked, given_up)
+    };
+
+    if let Some(s) = server.take()
+        && let Err(e) = s.stop(Stop::Term).await
+    {
+        faults.failures.push(format!("final stop: {e:#}"));
+    }
+    let mut clean = report.total.clean()
+        && report.counters.unexpected.is_empty()
+        && faults.failures.is_empty()
+        && unacked == 0
+        && drained == devices
+        && complete == devices;
+    if args.mode != Mode::Overload && faults.cycles < args.cycles {
+        clean = false;
+    }
+    print_report(&report, &faults, &world);
+    let mut line = format!(
+        "TORTURE mode={} result={} seed={seed} cycles={} kills={} terms={} engine_faults={} cluster_faults={} users={} devices={devices} conversations={} offered={} {} unacked={unacked} given_up={given_up} resends={} refused={} reconnects={} connect_failures={} live_gaps={} ack_timeouts={} unexpected={} drained={drained}/{devices} synced={complete}/{devices} elapsed_s={:.0}",
+        format!("{:?}", args.mode).to_lowercase(),
+        if clean { "PASS" } else { "FAIL" },
+        faults.cycles,
+        faults.kills,
+        faults.terms,
+        faults.engine_faults,
+        faults.cluster_faults,
+        world.users.len(),
+        world.conversations.len(),
+        report.counters.offered,
+        report.total.pairs(),
+        report.counters.resends,
+        refusals(&report),
+        report.counters.reconnects,
+        report.counters.connect_failures,
+        report.counters.live_gaps,
+        report.counters.ack_timeouts,
+        report.counters.unexpected.len(),
+        began.elapsed().as_secs_f64(),
+    );
+    if overload {
+        line.push_str(&overload_figures(&views, &report, offered_secs, &peak_rss)?);
+    }
+    println!("{line}");
+    if clean && own_dir && spawned {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    } else if spawned {
+        eprintln!("data dir kept: {}", data_dir.display());
+    }
+    Ok(clean)
+}
+
+fn server_spec(
+    args: &Args,
+    data_dir: &std::path::Path,
+    run_id: &str,
+) -> anyhow::Result<ServerSpec> {
+    let bin = match &args.server_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory of this binary")?
+            .join("parley"),
+    };
+    let secret = format!(
+        "{}{}",
+        parley::ids::new_session_id(),
+        parley::ids::new_session_id()
+    );
+    let mut env = vec![
+        ("JWT_SECRET".to_owned(), secret),
+        (
+            "RUST_LOG".to_owned(),
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        ),
+    ];
+    let urls = ["KAFKA_BROKERS", "REDIS_URL", "MONGODB_URL"];
+    let mut unset = Vec::new();
+    match args.mode {
+        Mode::Real => {
+            for name in urls {
+                if std::env::var_os(name).is_none() {
+                    bail!("real mode needs {name} (eval \"$(scripts/infra env)\")");
+                }
+            }
+            env.extend([
+                ("PARLEY_PARTITIONS".to_owned(), "4".to_owned()),
+                ("PARLEY_TOPIC_PREFIX".to_owned(), format!("{run_id}.")),
+                ("PARLEY_REDIS_PREFIX".to_owned(), run_id.to_owned()),
+                ("PARLEY_MONGODB_DATABASE".to_owned(), run_id.to_owned()),
+            ]);
+        }
+        _ => unset.extend(urls.map(String::from)),
+    }
+    if args.no_limits {
+        env.push(("PARLEY_WS_FRAMES_PER_SEC".into(), "1000000".into()));
+        env.push(("PARLEY_USER_SEND_LIMIT".into(), "100000000".into()));
+    }
+    Ok(ServerSpec {
+        bin,
+        data_dir: data_dir.to_owned(),
+        env,
+        unset,
+    })
+}
+
+/// Kills or stops the spawned server `args.cycles` times at random
+/// moments and starts it again on the same data dir; in real mode, stops
+/// and restarts an engine every `engine_every` cycles mid-life.
+#[allow(clippy::too_many_arguments)]
+async fn inject(
+    args: &Args,
+    spec: &ServerSpec,
+    server: &mut Option<Server>,
+    url: &watch::Sender<Option<String>>,
+    shared: &Shared,
+    pid: &AtomicU64,
+    rng: &mut Rng,
+    faults: &mut Faults,
+) -> anyhow::Result<()> {
+    for cycle in 1..=args.cycles {
+        let up = Duration::from_millis(rng.between(args.min_up_ms, args.max_up_ms));
+        if args.mode == Mode::Real && cycle % args.engine_every.max(1) == 0 {
+            tokio::time::sleep(up / 2).await;
+            let engine = ENGINES[(faults.engine_faults as usize) % ENGINES.len()];
+            eprintln!("torture: cycle {cycle}: stopping {engine}");
+            fault::engine_down(&args.infra, engine).await?;
+            tokio::time::sleep(Duration::from_millis(args.outage_ms)).await;
+            fault::script(&args.infra, &["up", engine]).await?;
+            faults.engine_faults += 1;
+            tokio::time::sleep(up / 2).await;
+        } else {
+            tokio::time::sleep(up).await;
+        }
+        let how = if rng.next().is_multiple_of(3) {
+            Stop::Term
+        } else {
+            Stop::Kill
+        };
+        url.send_replace(None);
+        if let Some(s) = server.take()
+            && let Err(e) = s.stop(how).await
+        {
+            faults.failures.push(format!("cycle {cycle}: {e:#}"));
+        }
+        match how {
+            Stop::Kill => faults.kills += 1,
+            Stop::Term => faults.terms += 1,
+        }
+        let s = fault::start(spec)
+            .await
+            .with_context(|| format!("restart of cycle {cycle}"))?;
+        pid.store(u64::from(s.pid), Ordering::Relaxed);
+        shared.next_cycle();
+        url.send_replace(Some(s.url.clone()));
+        *server = Some(s);
+        faults.cycles = cycle;
+        eprintln!(
+            "torture: cycle {cycle}: {how:?} after {} ms",
+            up.as_millis()
+        );
+    }
+    // A last life long enough for everything outstanding to go through.
+    tokio::time::sleep(Duration::from_millis(args.max_up_ms)).await;
+    Ok(())
+}
+
+/// Kills or stops one cluster process per cycle and starts it again.
+async fn inject_cluster(args: &Args, shared: &Shared, rng: &mut Rng, faults: &mut Faults) {
+    for cycle in 1..=args.cycles {
+        tokio::time::sleep(Duration::from_millis(
+            rng.between(args.min_up_ms, args.max_up_ms),
+        ))
+        .await;
+        let (action, id) = CLUSTER_FAULTS[(cycle as usize - 1) % CLUSTER_FAULTS.len()];
+        eprintln!("torture: cycle {cycle}: {action} {id}");
+        if let Err(e) = fault::script(&args.cluster_script, &[action, id]).await {
+            faults.failures.push(format!("cycle {cycle}: {e:#}"));
+        }
+        tokio::time::sleep(Duration::from_millis(args.outage_ms)).await;
+        if let Err(e) = fault::script(&args.cluster_script, &["start", id]).await {
+            faults
+                .failures
+                .push(format!("cycle {cycle}: start {id}: {e:#}"));
+        }
+        shared.next_cycle();
+        faults.cluster_faults += 1;
+        faults.cycles = cycle;
+    }
+    tokio::time::sleep(Duration::from_millis(args.max_up_ms)).await;
+}
+
+/// Waits until `count` devices reported `what`, at most `patience`.
+async fn await_news(
+    news: &mut mpsc::UnboundedReceiver<(usize, Milestone)>,
+    count: usize,
+    what: Milestone,
+    patience: Duration,
+) -> usize {
+    let mut told = HashSet::new();
+    let deadline = tokio::time::Instant::now() + patience;
+    while told.len() < count {
+        match tokio::time::timeout_at(deadline, news.recv()).await {
+            Ok(Some((device, m))) if m == what => {
+                told.insert(device);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    told.len()
+}
+
+/// What each user's devices must end up with: every acked message and
+/// acked change of the user's conversations.
+fn expected(world: &World, shared: &Shared) -> Expected {
+    let ledger = shared.lock();
+    let mut e = Expected::default();
+    let members = |conversation: &str| {
+        world
+            .by_id
+            .get(conversation)
+            .map(|&c| world.conversations[c].members.clone())
+            .unwrap_or_default()
+    };
+    for (key, r) in ledger.sends.iter().filter(|(_, r)| r.acked_us.is_some()) {
+        for m in members(&r.conversation) {
+            let user = world.users[m].id.clone();
+            e.messages.entry(user).or_default().insert(key.clone());
+        }
+    }
+    // A resent deletion may have been superseded by its earlier attempt
+    // (the checker tells from the log); the others must all arrive.
+    for c in ledger
+        .changes
+        .iter()
+        .filter(|c| !(c.kind == ChangeKind::Delete && c.attempts > 1))
+    {
+        for m in members(&c.conversation) {
+            let user = world.users[m].id.clone();
+            e.changes
+                .entry(user)
+                .or_default()
+                .extend(c.acked_ids.iter().cloned());
+        }
+    }
+    e
+}
+
+/// Samples the spawned server's RSS every 100 ms, keeping the peak.
+async fn sample_rss(pid: Arc<AtomicU64>, peak: Arc<AtomicU64>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let p = pid.load(Ordering::Relaxed);
+        if p != 0
+            && let Ok(kib) = parley_server::client::rss_kib(p as u32)
+        {
+            peak.fetch_max(kib, Ordering::Relaxed);
+        }
+    }
+}
+
+fn refusals(report: &Report) -> String {
+    let parts: Vec<String> = report
+        .counters
+        .refusals
+        .iter()
+        .map(|(code, n)| format!("{code}:{n}"))
+        .collect();
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(",")
+    }
+}
+
+fn overload_figures(
+    views: &[crate::ledger::DeviceView],
+    report: &Report,
+    secs: f64,
+    peak_rss: &AtomicU64,
+) -> anyhow::Result<String> {
+    let mut h = Histogram::<u64>::new(3)?;
+    for v in views {
+        for &l in &v.latencies_us {
+            h.record(l.max(1))?;
+        }
+    }
+    Ok(format!(
+        " offered_per_s={:.0} acked_per_s={:.0} deliver_p50_ms={:.1} deliver_p99_ms={:.1} deliveries={} peak_rss_mib={:.1}",
+        report.counters.offered as f64 / secs,
+        report.total.acked as f64 / secs,
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.len(),
+        peak_rss.load(Ordering::Relaxed) as f64 / 1024.0,
+    ))
+}
+
+fn print_report(report: &Report, faults: &Faults, world: &World) {
+    for (id, f) in &report.per_conversation {
+        let kind = world
+            .by_id
+            .get(id)
+            .map(|&c| {
+                if world.conversations[c].direct {
+                    "direct"
+                } else {
+                    "group"
+                }
+            })
+            .unwrap_or("?");
+        println!("conversation {id} ({kind}): {}", f.pairs());
+    }
+    for f in &report.findings {
+        println!("finding: {f}");
+    }
+    for u in &report.counters.unexpected {
+        println!("unexpected: {u}");
+    }
+    for i in &report.counters.internal {
+        println!("internal error: {i}");
+    }
+    for f in &faults.failures {
+        println!("fault failure: {f}");
+    }
+}
