@@ -33,6 +33,9 @@ use std::time::Duration;
 /// broker's own ack still has `message.timeout.ms` (10 s).
 const PRODUCER_QUEUE: usize = 10_000;
 
+/// One background view of a consumer lag: `None` until first measured.
+type LagView = Arc<Mutex<Option<u64>>>;
+
 #[derive(Clone)]
 pub struct KafkaBus {
     brokers: String,
@@ -40,7 +43,7 @@ pub struct KafkaBus {
     producer: FutureProducer,
     /// Consumer lag per (group, topic) asked about, each refreshed by a
     /// background task every [`super::LAG_REFRESH`] while this bus lives.
-    lags: Arc<Mutex<HashMap<(String, Topic), Arc<Mutex<Option<u64>>>>>>,
+    lags: Arc<Mutex<HashMap<(String, Topic), LagView>>>,
 }
 
 impl std::fmt::Debug for KafkaBus {
@@ -143,7 +146,7 @@ impl KafkaBus {
     /// Starts the background view of `group`'s lag on `topic`: a consumer
     /// client of the group that never joins it (so it takes no partitions)
     /// asks for the committed offsets and each partition's high watermark.
-    fn watch_lag(&self, group: &str, topic: Topic, view: &Arc<Mutex<Option<u64>>>) {
+    fn watch_lag(&self, group: &str, topic: Topic, view: &LagView) {
         let consumer: BaseConsumer = match ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", group)
