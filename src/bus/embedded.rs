@@ -70,8 +70,11 @@ struct Inner {
     groups: Mutex<HashMap<(String, Topic), Group>>,
     next_member: Mutex<u64>,
     /// Committed offsets as in `OFFSETS`, mirrored in memory for [`EventBus::lag`].
-    committed: Arc<Mutex<HashMap<(String, Topic, u32), u64>>>,
+    committed: Arc<Mutex<Committed>>,
 }
+
+/// Committed offset per (group, topic, partition).
+type Committed = HashMap<(String, Topic, u32), u64>;
 
 struct Group {
     members: Vec<u64>,
@@ -240,7 +243,7 @@ fn recover_heads(db: &Database, partitions: u32) -> Result<HashMap<(Topic, u32),
 }
 
 /// Every group's committed offsets, by (group, topic, partition).
-fn committed_offsets(db: &Database) -> Result<HashMap<(String, Topic, u32), u64>, BusError> {
+fn committed_offsets(db: &Database) -> Result<Committed, BusError> {
     let txn = db.begin_read().map_err(storage)?;
     let offsets = txn.open_table(OFFSETS).map_err(storage)?;
     let mut out = HashMap::new();
@@ -259,7 +262,7 @@ struct Writer {
     partitions: u32,
     heads: Arc<Mutex<HashMap<(Topic, u32), u64>>>,
     versions: Arc<HashMap<Topic, watch::Sender<u64>>>,
-    committed: Arc<Mutex<HashMap<(String, Topic, u32), u64>>>,
+    committed: Arc<Mutex<Committed>>,
 }
 
 impl Writer {

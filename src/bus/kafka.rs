@@ -33,6 +33,9 @@ use std::time::Duration;
 /// broker's own ack still has `message.timeout.ms` (10 s).
 const PRODUCER_QUEUE: usize = 10_000;
 
+/// One (group, topic)'s last known consumer lag, shared with its refresher.
+type Lag = Arc<Mutex<Option<u64>>>;
+
 #[derive(Clone)]
 pub struct KafkaBus {
     brokers: String,
@@ -40,7 +43,7 @@ pub struct KafkaBus {
     producer: FutureProducer,
     /// Consumer lag per (group, topic) asked about, each refreshed by a
     /// background task every [`super::LAG_REFRESH`] while this bus lives.
-    lags: Arc<Mutex<HashMap<(String, Topic), Arc<Mutex<Option<u64>>>>>>,
+    lags: Arc<Mutex<HashMap<(String, Topic), Lag>>>,
 }
 
 impl std::fmt::Debug for KafkaBus {
