@@ -92,15 +92,21 @@ pub enum ClientFrame {
     EditMessage {
         conversation_id: String,
         message_id: String,
+        #[serde(default)]
+        client_msg_id: Option<String>,
         body: String,
     },
     DeleteMessage {
         conversation_id: String,
         message_id: String,
+        #[serde(default)]
+        client_msg_id: Option<String>,
     },
     React {
         conversation_id: String,
         message_id: String,
+        #[serde(default)]
+        client_msg_id: Option<String>,
         emoji: String,
         #[serde(default = "yes")]
         on: bool,
@@ -393,6 +399,7 @@ pub mod server {
             "by": m.from,
             "at": m.sent_at_ms,
             "id": m.id,
+            "client_msg_id": m.client_msg_id,
         });
         if let (Some(obj), Value::Object(extra)) = (value.as_object_mut(), extra) {
             obj.extend(extra);

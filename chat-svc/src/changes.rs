@@ -10,11 +10,17 @@
 //! already has on the message, taking back one they do not have) is acked
 //! as `unchanged` and neither queued nor pushed; the sequencer drops one
 //! that became a no-op while queued (two identical reactions racing).
+//!
+//! A change is deduped on `(sender, client_msg_id)` exactly as a message
+//! is (the store first, then the registry claim of [`Chat::queue_once`]):
+//! a resend is answered with the earlier change, before it is checked
+//! again, since the check would now see the change's own effect (a
+//! deleted message, a reaction already there).
 
 use crate::chat::Chat;
 use crate::conversations::member_of;
-use parley::ids::{ConversationId, MessageId, UserId};
-use parley::proto::{ChatMessage, MessageKind, chat_event};
+use parley::ids::{ConversationId, MessageId, UserId, parse_client_msg_id};
+use parley::proto::{ChatMessage, MessageKind};
 use parley::store::changes_message;
 use parley::time::now_ms;
 use parley::{ApiError, ErrorCode};
@@ -29,6 +35,9 @@ pub const MAX_EMOJI_BYTES: usize = 32;
 pub enum Changed {
     /// Queued: the entry, before it is sequenced (seq 0).
     Queued(Box<ChatMessage>),
+    /// Its `client_msg_id` was seen before: the earlier change (with its
+    /// seq once stored); nothing new was queued.
+    Duplicate(Box<ChatMessage>),
     /// It would change nothing; nothing was queued. The conversation and
     /// message it named.
     Unchanged {
@@ -78,17 +87,25 @@ pub fn refusal(target: &ChatMessage, user: &str, kind: MessageKind) -> Option<Ap
 }
 
 impl Chat {
-    /// Checks and queues a change; answers it before it is sequenced, or
-    /// that it would change nothing (then nothing is queued nor counted
-    /// against the send limit).
+    /// Checks and queues a change; answers it before it is sequenced, the
+    /// earlier change when `client_msg_id` was seen before (empty: a
+    /// generated one, so no dedupe), or that it would change nothing (then
+    /// nothing is queued nor counted against the send limit).
     pub async fn change_message(
         &self,
         user: &UserId,
         conversation: &ConversationId,
         message_id: &str,
+        client_msg_id: &str,
         change: MessageChange,
     ) -> Result<Changed, ApiError> {
         let message_id = MessageId::parse(message_id)?;
+        let id = MessageId::generate().into_string();
+        let client_msg_id = if client_msg_id.is_empty() {
+            id.clone()
+        } else {
+            parse_client_msg_id(client_msg_id)?
+        };
         let (kind, body, emoji, on) = match change {
             MessageChange::Edit(body) => {
                 crate::chat::validate_body(&body)?;
@@ -101,6 +118,18 @@ impl Chat {
             }
         };
         let store = self.backends.store.as_ref();
+        if let Some(stored) = store
+            .message_by_client_id(user.as_str(), &client_msg_id)
+            .await?
+        {
+            let asked = ChatMessage {
+                kind: kind as i32,
+                target_id: message_id.as_str().to_owned(),
+                ..Default::default()
+            };
+            crate::chat::same_request(&stored, &asked)?;
+            return Ok(Changed::Duplicate(Box::new(stored)));
+        }
         let c = member_of(store, user, conversation).await?;
         let target = store
             .message_by_id(&c.id, message_id.as_str())
@@ -126,15 +155,15 @@ impl Chat {
         }
         self.admit().await?;
         self.count_send(user).await?;
-        let id = MessageId::generate().into_string();
-        entry.client_msg_id = id.clone();
+        entry.client_msg_id = client_msg_id;
         entry.id = id;
         entry.body = body;
         entry.sent_at_ms = now_ms();
         entry.target_id = target.id;
         entry.target_seq = target.seq;
-        let event = chat_event::Event::MessageSent(entry.clone());
-        crate::sequencer::queue(self.backends.bus.as_ref(), event).await?;
+        if let Some(earlier) = self.queue_once(&entry).await? {
+            return Ok(Changed::Duplicate(Box::new(earlier)));
+        }
         metrics::counter!("parley_chat_message_changes_total").increment(1);
         Ok(Changed::Queued(Box::new(entry)))
     }

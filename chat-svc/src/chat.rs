@@ -106,14 +106,21 @@ pub(crate) fn validate_body(body: &str) -> Result<(), ApiError> {
 
 /// The registry remembers "<state> id conversation sent_at" per client
 /// message id, where state is `pending` while the publish is in flight and
-/// `sent` once the message is durable.
+/// `sent` once the entry is durable; a change adds "kind target_id" (a
+/// message's claim keeps the shorter form, so claims written by earlier
+/// builds still read).
 fn encode_claim(state: &str, m: &ChatMessage) -> String {
-    format!("{state} {} {} {}", m.id, m.conversation_id, m.sent_at_ms)
+    let mut claim = format!("{state} {} {} {}", m.id, m.conversation_id, m.sent_at_ms);
+    if m.kind() != MessageKind::Message {
+        claim.push_str(&format!(" {} {}", m.kind, m.target_id));
+    }
+    claim
 }
 
-/// The message a `sent` claim stands for; `None` for a pending or
+/// The entry a `sent` claim stands for, with the fields the claim does not
+/// keep taken from `asked` (the resend); `None` for a pending or
 /// unreadable one.
-fn decode_claim(raw: &str, from: &str, client_msg_id: &str, body: &str) -> Option<ChatMessage> {
+fn decode_claim(raw: &str, asked: &ChatMessage) -> Option<ChatMessage> {
     let mut parts = raw.split(' ');
     if parts.next()? != "sent" {
         return None;
@@ -121,16 +128,33 @@ fn decode_claim(raw: &str, from: &str, client_msg_id: &str, body: &str) -> Optio
     let id = parts.next()?.to_owned();
     let conversation_id = parts.next()?.to_owned();
     let sent_at_ms = parts.next()?.parse().ok()?;
+    let (kind, target_id) = match parts.next() {
+        Some(kind) => (kind.parse().ok()?, parts.next()?.to_owned()),
+        None => (MessageKind::Message as i32, String::new()),
+    };
     Some(ChatMessage {
         id,
         conversation_id,
         seq: 0,
-        from: from.to_owned(),
-        body: body.to_owned(),
         sent_at_ms,
-        client_msg_id: client_msg_id.to_owned(),
-        ..Default::default()
+        kind,
+        target_id,
+        ..asked.clone()
     })
+}
+
+/// Refuses a `client_msg_id` that already stands for something else: a
+/// message for a change or the other way round, or a change of another
+/// kind or to another message. A resend of the same request passes.
+pub(crate) fn same_request(earlier: &ChatMessage, asked: &ChatMessage) -> Result<(), ApiError> {
+    if earlier.kind == asked.kind
+        && (asked.kind() == MessageKind::Message || earlier.target_id == asked.target_id)
+    {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        "client_msg_id was already used for another message or change",
+    ))
 }
 
 impl Chat {
@@ -246,6 +270,8 @@ impl Chat {
             .message_by_client_id(user.as_str(), &client_msg_id)
             .await?
         {
+            let asked = ChatMessage::default();
+            same_request(&stored, &asked)?;
             return Ok(Sent {
                 message: stored,
                 duplicate: true,
@@ -263,43 +289,60 @@ impl Chat {
             client_msg_id: client_msg_id.clone(),
             ..Default::default()
         };
-        let claim_key = format!("dedupe:{}:{}", user, client_msg_id);
-        let registry = &self.backends.registry;
-        if let Some(earlier) = registry
-            .claim(&claim_key, &encode_claim("pending", &message), PENDING_TTL)
-            .await?
-        {
-            // Acking a duplicate before the original is durable could ack a
-            // message that never exists: a pending original means "retry".
-            return match decode_claim(&earlier, user.as_str(), &client_msg_id, body) {
-                Some(message) => Ok(Sent {
-                    message,
-                    duplicate: true,
-                }),
-                None => Err(ApiError::unavailable(
-                    "a message with this client_msg_id is being sent; retry shortly",
-                )),
-            };
-        }
-        let event = chat_event::Event::MessageSent(message.clone());
-        if let Err(e) = crate::sequencer::queue(self.backends.bus.as_ref(), event).await {
-            // Not durable, so not sent: let the client's retry claim again.
-            let _ = registry.release(&claim_key).await;
-            return Err(e.into());
-        }
-        if let Err(e) = registry
-            .settle(&claim_key, &encode_claim("sent", &message), DEDUPE_TTL)
-            .await
-        {
-            // The message is durable; a resend within PENDING_TTL is asked
-            // to retry, after it the store's index answers.
-            tracing::warn!(error = %e, "cannot mark dedupe claim as sent");
+        if let Some(earlier) = self.queue_once(&message).await? {
+            return Ok(Sent {
+                message: earlier,
+                duplicate: true,
+            });
         }
         metrics::counter!("parley_chat_messages_sent_total").increment(1);
         Ok(Sent {
             message,
             duplicate: false,
         })
+    }
+
+    /// Queues `entry` once per `(from, client_msg_id)`, for messages and
+    /// changes alike: claims the key in the registry, publishes, then marks
+    /// the claim as sent. Answers `None` when this call queued it, or the
+    /// earlier entry when the key was claimed and sent before (the caller
+    /// checks the store first: the claim only has to cover the time until
+    /// the sequencer stores the entry).
+    pub(crate) async fn queue_once(
+        &self,
+        entry: &ChatMessage,
+    ) -> Result<Option<ChatMessage>, ApiError> {
+        let claim_key = format!("dedupe:{}:{}", entry.from, entry.client_msg_id);
+        let registry = &self.backends.registry;
+        if let Some(earlier) = registry
+            .claim(&claim_key, &encode_claim("pending", entry), PENDING_TTL)
+            .await?
+        {
+            // Acking a duplicate before the original is durable could ack an
+            // entry that never exists: a pending original means "retry".
+            let Some(earlier) = decode_claim(&earlier, entry) else {
+                return Err(ApiError::unavailable(
+                    "a message or change with this client_msg_id is being sent; retry shortly",
+                ));
+            };
+            same_request(&earlier, entry)?;
+            return Ok(Some(earlier));
+        }
+        let event = chat_event::Event::MessageSent(entry.clone());
+        if let Err(e) = crate::sequencer::queue(self.backends.bus.as_ref(), event).await {
+            // Not durable, so not sent: let the client's retry claim again.
+            let _ = registry.release(&claim_key).await;
+            return Err(e.into());
+        }
+        if let Err(e) = registry
+            .settle(&claim_key, &encode_claim("sent", entry), DEDUPE_TTL)
+            .await
+        {
+            // The entry is durable; a resend within PENDING_TTL is asked
+            // to retry, after it the store's index answers.
+            tracing::warn!(error = %e, "cannot mark dedupe claim as sent");
+        }
+        Ok(None)
     }
 
     /// Queues a delivered/read receipt (coalesced with the user's other
@@ -535,8 +578,14 @@ mod tests {
             sent_at_ms: 42,
             ..Default::default()
         };
-        assert!(decode_claim(&encode_claim("pending", &m), "u", "cm", "b").is_none());
-        let back = decode_claim(&encode_claim("sent", &m), "u", "cm", "b").unwrap();
+        let asked = ChatMessage {
+            from: "u".into(),
+            client_msg_id: "cm".into(),
+            body: "b".into(),
+            ..Default::default()
+        };
+        assert!(decode_claim(&encode_claim("pending", &m), &asked).is_none());
+        let back = decode_claim(&encode_claim("sent", &m), &asked).unwrap();
         assert_eq!(
             (
                 back.id.as_str(),
@@ -545,5 +594,25 @@ mod tests {
             ),
             ("m1", "c1", 42)
         );
+        assert_eq!(back.kind(), MessageKind::Message);
+        assert_eq!((back.from.as_str(), back.body.as_str()), ("u", "b"));
+        let change = ChatMessage {
+            kind: MessageKind::Reaction as i32,
+            target_id: "m0".into(),
+            ..m
+        };
+        let back = decode_claim(&encode_claim("sent", &change), &asked).unwrap();
+        assert_eq!(back.kind(), MessageKind::Reaction);
+        assert_eq!(back.target_id, "m0");
+        assert!(
+            same_request(&back, &asked).is_err(),
+            "a reaction is not a message"
+        );
+        assert!(same_request(&back, &change).is_ok());
+        let elsewhere = ChatMessage {
+            target_id: "m9".into(),
+            ..change.clone()
+        };
+        assert!(same_request(&back, &elsewhere).is_err());
     }
 }

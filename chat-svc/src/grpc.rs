@@ -172,12 +172,24 @@ impl ChatService for ChatGrpc {
         };
         let reply = match self
             .chat
-            .change_message(&user, &conversation, &r.message_id, change)
+            .change_message(
+                &user,
+                &conversation,
+                &r.message_id,
+                &r.client_msg_id,
+                change,
+            )
             .await?
         {
             Changed::Queued(change) => ChangeMessageReply {
                 change: Some(*change),
                 unchanged: false,
+                duplicate: false,
+            },
+            Changed::Duplicate(change) => ChangeMessageReply {
+                change: Some(*change),
+                unchanged: false,
+                duplicate: true,
             },
             Changed::Unchanged {
                 conversation_id,
@@ -189,6 +201,7 @@ impl ChatService for ChatGrpc {
                     ..Default::default()
                 }),
                 unchanged: true,
+                duplicate: false,
             },
         };
         Ok(Response::new(reply))

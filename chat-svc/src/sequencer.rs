@@ -8,8 +8,9 @@
 //! Changes to messages (edits, deletions, reactions) are checked again here
 //! against the target's stored state, then appended like a message (they
 //! take a seq) and applied to the target in place; a change that no longer
-//! applies (its message was deleted meanwhile, its author left) or that
-//! would change nothing (a reaction already there) is dropped.
+//! applies (its message was deleted meanwhile, its author left), that
+//! would change nothing (a reaction already there) or whose `(sender,
+//! client_msg_id)` is stored under another id (a resend) is dropped.
 //!
 //! Receipts in a group are aggregated: the reader's own sessions get the
 //! member's `message_read`/`message_delivered` (so its other devices drop
@@ -271,7 +272,8 @@ async fn process(chat: &Chat, tally: &Tally, batch: &[Record]) -> Result<(), Sto
 /// Checks a change against its target as stored, appends it and applies
 /// it; answers the entry and who to tell, or `None` when it no longer
 /// applies. A change already stored (a replayed record) is applied and
-/// told again: both are idempotent.
+/// told again: both are idempotent. A resend queued again under a new id
+/// (the same sender and `client_msg_id`, its claim forgotten) is neither.
 async fn apply_change(
     store: &dyn Store,
     members: &mut HashMap<String, Conversation>,
@@ -290,6 +292,15 @@ async fn apply_change(
     let stored = store
         .message_by_client_id(&change.from, &change.client_msg_id)
         .await?;
+    if stored.as_ref().is_some_and(|s| s.id != change.id) {
+        // The earlier record was applied and told. Applying its stored
+        // entry again would undo what came after it (an older edit's text
+        // back, a reaction taken back since put on again), and telling it
+        // again would repeat it to every member.
+        tracing::debug!(id = %change.id, "change resent under a new id; dropped");
+        metrics::counter!("parley_chat_changes_resent_total").increment(1);
+        return Ok(None);
+    }
     if stored.is_none() {
         let target = store
             .message_by_id(&change.conversation_id, &change.target_id)

@@ -5,7 +5,8 @@
 //! it with SIGTERM 20 times at random moments, restarting it on the same
 //! data directory each time; then it checks that every acked message is
 //! stored once, in send order, with dense seqs, and reached every member
-//! device once. Its own test binary, so it runs alone.
+//! device once, and that every acked edit, deletion and reaction was
+//! applied exactly once. Its own test binary, so it runs alone.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -43,6 +44,9 @@ fn nothing_acked_is_lost_across_twenty_kill_and_term_cycles() {
         " dup=0 ",
         " gaps=0 ",
         " reorders=0 ",
+        " changes_lost=0 ",
+        " changes_dup=0 ",
+        " changes_unacked_applied=0 ",
         " cycles=20 ",
     ] {
         assert!(summary.contains(clean), "{clean:?} not in {summary}");

@@ -250,28 +250,31 @@ impl Connection {
             ClientFrame::EditMessage {
                 conversation_id,
                 message_id,
+                client_msg_id,
                 body,
             } => {
                 let request = ChangeMessageRequest {
                     kind: MessageKind::Edit as i32,
                     body,
-                    ..self.message_change(conversation_id, message_id)?
+                    ..self.message_change(conversation_id, message_id, client_msg_id)?
                 };
                 self.change_message(request, reference).await
             }
             ClientFrame::DeleteMessage {
                 conversation_id,
                 message_id,
+                client_msg_id,
             } => {
                 let request = ChangeMessageRequest {
                     kind: MessageKind::Delete as i32,
-                    ..self.message_change(conversation_id, message_id)?
+                    ..self.message_change(conversation_id, message_id, client_msg_id)?
                 };
                 self.change_message(request, reference).await
             }
             ClientFrame::React {
                 conversation_id,
                 message_id,
+                client_msg_id,
                 emoji,
                 on,
             } => {
@@ -279,7 +282,7 @@ impl Connection {
                     kind: MessageKind::Reaction as i32,
                     emoji,
                     on,
-                    ..self.message_change(conversation_id, message_id)?
+                    ..self.message_change(conversation_id, message_id, client_msg_id)?
                 };
                 self.change_message(request, reference).await
             }
@@ -307,23 +310,28 @@ impl Connection {
         Ok(vec![server::ack(reference, json!({}))])
     }
 
-    /// A change request naming the caller, the conversation and the message.
+    /// A change request naming the caller, the conversation, the message
+    /// and the client's idempotency key (checked by chat-svc).
     fn message_change(
         &self,
         conversation_id: String,
         message_id: String,
+        client_msg_id: Option<String>,
     ) -> Result<ChangeMessageRequest, ApiError> {
         Ok(ChangeMessageRequest {
             user_id: self.user.id.clone(),
             conversation_id: ConversationId::parse(&conversation_id)?.into_string(),
             message_id,
+            client_msg_id: client_msg_id.unwrap_or_default(),
             ..Default::default()
         })
     }
 
-    /// Queues the change; the ack carries its id (its seq comes with the
-    /// `message_edited`/`message_deleted`/`reaction` every member gets), or
-    /// says `unchanged` when it would change nothing and went nowhere.
+    /// Queues the change; the ack carries its id, conversation and
+    /// `client_msg_id` (its seq comes with the `message_edited`/
+    /// `message_deleted`/`reaction` every member gets; a resend answered
+    /// with a change already stored carries it too), or says `unchanged`
+    /// when it would change nothing and went nowhere.
     async fn change_message(
         &self,
         request: ChangeMessageRequest,
@@ -343,7 +351,16 @@ impl Connection {
             // Nothing entered the log, so there is no change id.
             json!({"change": {"message_id": change.target_id, "unchanged": true}})
         } else {
-            json!({"change": {"id": change.id, "message_id": change.target_id}})
+            let mut answer = json!({
+                "id": change.id,
+                "message_id": change.target_id,
+                "conversation_id": change.conversation_id,
+                "client_msg_id": change.client_msg_id,
+            });
+            if change.seq > 0 {
+                answer["seq"] = json!(change.seq);
+            }
+            json!({ "change": answer })
         };
         Ok(vec![server::ack(reference, body)])
     }

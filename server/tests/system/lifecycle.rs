@@ -141,6 +141,115 @@ async fn changes_reach_every_device_and_are_replayed_in_order() {
 }
 
 #[tokio::test]
+async fn a_resent_change_is_answered_with_the_original_and_applied_once() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let bob = app.register("bob").await;
+    let mut phone = app.connect(&alice).await;
+    // Alice's second device only tells the test when a change is stored.
+    let mut laptop = app.connect(&alice).await;
+    let mut b = app.connect(&bob).await;
+
+    let first = phone.send_message(&bob.id, "helo").await;
+    let conversation = first["conversation_id"].as_str().unwrap().to_owned();
+    let second = post(&mut phone, &conversation, "soon gone").await;
+    arrived(&mut b, &second["id"]).await;
+    arrived(&mut laptop, &second["id"]).await;
+
+    let edit = json!({"type": "edit_message", "conversation_id": conversation,
+                      "message_id": first["id"], "body": "hello", "client_msg_id": "ch-edit"});
+    let react = json!({"type": "react", "conversation_id": conversation,
+                       "message_id": first["id"], "emoji": "👍", "client_msg_id": "ch-react"});
+    let delete = json!({"type": "delete_message", "conversation_id": conversation,
+                        "message_id": second["id"], "client_msg_id": "ch-delete"});
+    for (who, frame, pushed, target) in [
+        ('a', &edit, "message_edited", &first),
+        ('b', &react, "reaction", &first),
+        ('a', &delete, "message_deleted", &second),
+    ] {
+        let ws = if who == 'a' { &mut phone } else { &mut b };
+        let original = acked(ws, frame.clone()).await["change"].clone();
+        assert_eq!(original["message_id"], target["id"]);
+        assert_eq!(original["conversation_id"], conversation.as_str());
+        assert_eq!(original["client_msg_id"], frame["client_msg_id"]);
+        // At once (the registry's claim answers) ...
+        let resent = acked(ws, frame.clone()).await["change"].clone();
+        assert_eq!(resent["id"], original["id"], "{pushed}: resent at once");
+        assert_eq!(resent["message_id"], target["id"]);
+        // ... and once stored (the store's index answers, with the seq),
+        // although the change would now be refused or change nothing.
+        let stored = laptop.expect(pushed).await;
+        assert_eq!(stored["id"], original["id"]);
+        assert_eq!(stored["client_msg_id"], frame["client_msg_id"]);
+        let resent = acked(ws, frame.clone()).await["change"].clone();
+        assert_eq!(resent["id"], original["id"], "{pushed}: resent once stored");
+        assert_eq!(resent["seq"], stored["seq"]);
+    }
+    // The same key for something else is refused, not answered as a resend.
+    let mut other_kind = react.clone();
+    other_kind["type"] = json!("delete_message");
+    assert_eq!(error_code(&ask(&mut b, other_kind).await), "invalid");
+    let mut other_message = edit.clone();
+    other_message["message_id"] = second["id"].clone();
+    assert_eq!(error_code(&ask(&mut phone, other_message).await), "invalid");
+    let reused = json!({"type": "send_message", "conversation_id": conversation,
+                        "client_msg_id": "ch-edit", "body": "a message"});
+    assert_eq!(error_code(&ask(&mut phone, reused).await), "invalid");
+
+    // Every session got each change once: everything before the marker.
+    let marker = post(&mut phone, &conversation, "marker").await;
+    for ws in [&mut phone, &mut b] {
+        arrived(ws, &marker["id"]).await;
+        let changes: Vec<&str> = ws
+            .pending()
+            .iter()
+            .filter_map(|f| f["type"].as_str())
+            .filter(|kind| ["message_edited", "reaction", "message_deleted"].contains(kind))
+            .collect();
+        assert_eq!(changes, ["message_edited", "reaction", "message_deleted"]);
+    }
+    // One log entry each, in history and in sync.
+    let page = ask(
+        &mut b,
+        json!({"type": "history", "conversation_id": conversation}),
+    )
+    .await;
+    let kinds: Vec<&str> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap_or("message"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "message", "message", "edit", "reaction", "delete", "message"
+        ]
+    );
+    assert_eq!(page["messages"][0]["body"], "hello");
+    assert_eq!(page["messages"][0]["reactions"], json!({"👍": [bob.id]}));
+    let mut tablet = app.connect(&bob).await;
+    ask(&mut tablet, json!({"type": "sync", "since": {}})).await;
+    let replayed: Vec<&str> = tablet
+        .pending()
+        .iter()
+        .filter_map(|f| f["type"].as_str())
+        .filter(|kind| !kind.starts_with("user_") && *kind != "presence")
+        .collect();
+    assert_eq!(
+        replayed,
+        [
+            "new_message",
+            "new_message",
+            "message_edited",
+            "reaction",
+            "message_deleted",
+            "new_message"
+        ]
+    );
+}
+
+#[tokio::test]
 async fn changes_that_are_not_allowed_are_refused_and_change_nothing() {
     let app = spawn_app().await;
     let alice = app.register("alice").await;

@@ -1,16 +1,19 @@
 //! The checker: reads every conversation's history over REST and compares
 //! it with the ledger and with what each device received.
 //!
-//! Messages are matched by (sender, `client_msg_id`), the key the store
-//! dedupes on: a resend after a restart may be acked with a fresh id while
-//! the store keeps the first copy, so an ack id that is not the stored id
-//! is counted apart (`id_mismatch`), not as a loss.
+//! Messages and changes are matched by (sender, `client_msg_id`), the key
+//! the store dedupes on: a resend after a restart may be acked with a fresh
+//! id while the store keeps the first copy, so an ack id that is not the
+//! stored id is counted apart (`id_mismatch`, `changes_id_mismatch`), not
+//! as a loss. Every acked change must be stored and applied exactly once,
+//! and no change may be stored that was never acked (clients resend each
+//! until it is answered).
 
 use crate::ledger::{ChangeKind, Counters, DeviceView, Key, Ledger};
 use crate::world::World;
 use anyhow::{Context, bail};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
 /// Every entry of a conversation's log, oldest first.
@@ -62,7 +65,7 @@ pub struct Figures {
     pub changes_dup: u64,
     pub changes_wrong: u64,
     pub changes_unacked_applied: u64,
-    pub changes_superseded: u64,
+    pub changes_id_mismatch: u64,
 }
 
 impl Figures {
@@ -82,7 +85,7 @@ impl Figures {
         self.changes_dup += o.changes_dup;
         self.changes_wrong += o.changes_wrong;
         self.changes_unacked_applied += o.changes_unacked_applied;
-        self.changes_superseded += o.changes_superseded;
+        self.changes_id_mismatch += o.changes_id_mismatch;
     }
 
     /// Whether nothing acked was lost, duplicated, left out or reordered.
@@ -96,12 +99,13 @@ impl Figures {
             && self.changes_lost == 0
             && self.changes_dup == 0
             && self.changes_wrong == 0
+            && self.changes_unacked_applied == 0
     }
 
     /// `key=value` pairs for the summary line.
     pub fn pairs(&self) -> String {
         format!(
-            "acked={} stored={} lost={} dup={} gaps={} reorders={} undelivered={} dup_delivered={} id_mismatch={} stored_unacked={} changes_acked={} changes_lost={} changes_dup={} changes_wrong={} changes_unacked_applied={} changes_superseded={}",
+            "acked={} stored={} lost={} dup={} gaps={} reorders={} undelivered={} dup_delivered={} id_mismatch={} stored_unacked={} changes_acked={} changes_lost={} changes_dup={} changes_wrong={} changes_unacked_applied={} changes_id_mismatch={}",
             self.acked,
             self.stored,
             self.lost,
@@ -117,7 +121,7 @@ impl Figures {
             self.changes_dup,
             self.changes_wrong,
             self.changes_unacked_applied,
-            self.changes_superseded,
+            self.changes_id_mismatch,
         )
     }
 }
@@ -180,22 +184,20 @@ fn check_conversation(
             break;
         }
     }
-    // Messages by key; changes by id.
+    // Messages and changes by key.
     let mut stored: HashMap<Key, Vec<&Value>> = HashMap::new();
-    let mut changes: HashMap<&str, Vec<&Value>> = HashMap::new();
+    let mut changes: HashMap<Key, Vec<&Value>> = HashMap::new();
     for e in log {
-        if e["kind"].is_string() {
-            changes
-                .entry(e["id"].as_str().unwrap_or(""))
-                .or_default()
-                .push(e);
+        let key = (
+            e["from"].as_str().unwrap_or("").to_owned(),
+            e["client_msg_id"].as_str().unwrap_or("").to_owned(),
+        );
+        let into = if e["kind"].is_string() {
+            &mut changes
         } else {
-            let key = (
-                e["from"].as_str().unwrap_or("").to_owned(),
-                e["client_msg_id"].as_str().unwrap_or("").to_owned(),
-            );
-            stored.entry(key).or_default().push(e);
-        }
+            &mut stored
+        };
+        into.entry(key).or_default().push(e);
     }
     f.stored = stored.len() as u64;
     for (key, copies) in &stored {
@@ -260,14 +262,13 @@ fn check_conversation(
         }
     }
     check_changes(ledger, conversation, &stored, &changes, &mut f, report);
-    let stored_changes: HashSet<&str> = changes.keys().copied().collect();
     check_deliveries(
         world,
         ledger,
         views,
         conversation,
         &stored,
-        &stored_changes,
+        &changes,
         &mut f,
         report,
     );
@@ -278,43 +279,40 @@ fn check_changes(
     ledger: &Ledger,
     conversation: &str,
     stored: &HashMap<Key, Vec<&Value>>,
-    entries: &HashMap<&str, Vec<&Value>>,
+    entries: &HashMap<Key, Vec<&Value>>,
     f: &mut Figures,
     report: &mut Report,
 ) {
-    let mut acked_ids = HashSet::new();
+    let mut acked = HashSet::new();
     for c in ledger
         .changes
         .iter()
-        .filter(|c| c.conversation == conversation)
+        .filter(|c| c.conversation == conversation && !c.acked_ids.is_empty())
     {
-        if c.acked_ids.is_empty() && !c.applied_earlier {
-            continue;
-        }
         f.changes_acked += 1;
-        // A deletion resent after a missing ack whose earlier attempt was
-        // applied: the sequencer drops the later one (its message is
-        // deleted already), so that ack's id is stored nowhere, by design.
-        let deletes_of_target = entries
-            .values()
-            .flatten()
-            .filter(|e| e["kind"] == "delete" && e["message_id"] == c.target_id.as_str())
-            .count();
-        for id in &c.acked_ids {
-            acked_ids.insert(id.as_str());
-            match entries.get(id.as_str()).map(Vec::len).unwrap_or(0) {
-                0 if c.kind == ChangeKind::Delete && c.attempts > 1 && deletes_of_target == 1 => {
-                    f.changes_superseded += 1;
+        acked.insert(&c.key);
+        match entries.get(&c.key).map(Vec::as_slice).unwrap_or_default() {
+            [] => {
+                f.changes_lost += 1;
+                report.finding(format!(
+                    "LOST change {:?} ({:?} of {:?}, {} attempt(s), ack ids {:?})",
+                    c.key, c.kind, c.target, c.attempts, c.acked_ids
+                ));
+            }
+            [entry] => {
+                let id = entry["id"].as_str().unwrap_or("");
+                if c.acked_ids.iter().any(|a| a != id) {
+                    f.changes_id_mismatch += 1;
                 }
-                0 => {
-                    f.changes_lost += 1;
-                    report.finding(format!("LOST change {id} ({:?} of {:?})", c.kind, c.target));
-                }
-                1 => {}
-                n => {
-                    f.changes_dup += 1;
-                    report.finding(format!("change {id} stored {n} times"));
-                }
+            }
+            copies => {
+                f.changes_dup += 1;
+                report.finding(format!(
+                    "change {:?} ({:?}) stored {} times",
+                    c.key,
+                    c.kind,
+                    copies.len()
+                ));
             }
         }
         let Some(m) = stored.get(&c.target).and_then(|m| m.first()) else {
@@ -325,17 +323,22 @@ fn check_changes(
             ChangeKind::Edit(body) => m["body"] == body.as_str() && m["edited_at"].is_u64(),
             ChangeKind::React(emoji) => m["reactions"][emoji]
                 .as_array()
-                .is_some_and(|users| users.iter().filter(|u| *u == c.by.as_str()).count() == 1),
+                .is_some_and(|users| users.iter().filter(|u| *u == c.key.0.as_str()).count() == 1),
         };
         if !right {
             f.changes_wrong += 1;
             report.finding(format!(
                 "{conversation}: {:?} of {} by {} not shown once in {m}",
-                c.kind, c.target_id, c.by
+                c.kind, c.target_id, c.key.0
             ));
         }
     }
-    f.changes_unacked_applied = entries.keys().filter(|id| !acked_ids.contains(*id)).count() as u64;
+    for key in entries.keys().filter(|k| !acked.contains(k)) {
+        f.changes_unacked_applied += 1;
+        report.finding(format!(
+            "{conversation}: change {key:?} stored, never acked"
+        ));
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -345,7 +348,7 @@ fn check_deliveries(
     views: &[DeviceView],
     conversation: &str,
     stored: &HashMap<Key, Vec<&Value>>,
-    stored_changes: &HashSet<&str>,
+    stored_changes: &HashMap<Key, Vec<&Value>>,
     f: &mut Figures,
     report: &mut Report,
 ) {
@@ -385,16 +388,29 @@ fn check_deliveries(
         for c in ledger
             .changes
             .iter()
-            .filter(|c| c.conversation == conversation)
+            .filter(|c| c.conversation == conversation && !c.acked_ids.is_empty())
         {
-            for id in c.acked_ids.iter().filter(|id| {
-                !view.changes_seen.contains(*id) && stored_changes.contains(id.as_str())
-            }) {
-                f.undelivered += 1;
-                report.finding(format!(
-                    "{conversation}: change {id} ({:?}) never reached device {}",
-                    c.kind, view.device
-                ));
+            match view
+                .changes_seen
+                .get(&c.key)
+                .map(BTreeSet::len)
+                .unwrap_or(0)
+            {
+                0 if stored_changes.contains_key(&c.key) => {
+                    f.undelivered += 1;
+                    report.finding(format!(
+                        "{conversation}: change {:?} ({:?}) never reached device {}",
+                        c.key, c.kind, view.device
+                    ));
+                }
+                0 | 1 => {}
+                n => {
+                    f.dup_delivered += 1;
+                    report.finding(format!(
+                        "{conversation}: change {:?} reached device {} under {n} ids",
+                        c.key, view.device
+                    ));
+                }
             }
         }
         let last = view.contiguous.get(conversation).copied().unwrap_or(0);

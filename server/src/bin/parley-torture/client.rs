@@ -48,11 +48,12 @@ pub enum Phase {
 }
 
 /// What each user's devices must have at the end: the acked messages and
-/// the ids of the acked changes of the user's conversations.
+/// the acked changes of the user's conversations, each by (sender,
+/// `client_msg_id`).
 #[derive(Debug, Default)]
 pub struct Expected {
     pub messages: HashMap<String, HashSet<Key>>,
-    pub changes: HashMap<String, HashSet<String>>,
+    pub changes: HashMap<String, HashSet<Key>>,
 }
 
 /// A device's news for the orchestrator.
@@ -118,7 +119,7 @@ pub struct Device {
     sync_ref: Option<String>,
     syncs: u64,
     last_sync: Instant,
-    missing: Option<(HashSet<Key>, HashSet<String>)>,
+    missing: Option<(HashSet<Key>, HashSet<Key>)>,
     drained_told: bool,
     complete_told: bool,
     rng: u64,
@@ -286,7 +287,7 @@ impl Device {
         let mut messages = expected.messages.get(user).cloned().unwrap_or_default();
         messages.retain(|k| !self.view.got.contains_key(k));
         let mut changes = expected.changes.get(user).cloned().unwrap_or_default();
-        changes.retain(|c| !self.view.changes_seen.contains(c));
+        changes.retain(|c| !self.view.changes_seen.contains_key(c));
         self.missing = Some((messages, changes));
     }
 
@@ -400,6 +401,8 @@ impl Device {
         let (kind, frame) = if let Some((conversation, target, target_id, change)) =
             self.planned.pop_front()
         {
+            // Kept in the frame, so every resend carries the same key.
+            let cmid = format!("d{}c{no}", self.ctx.index);
             let frame = match &change {
                 ChangeKind::Edit(body) => json!({"type": "edit_message",
                     "conversation_id": conversation, "message_id": target_id, "body": body}),
@@ -408,15 +411,16 @@ impl Device {
                 ChangeKind::React(emoji) => json!({"type": "react",
                     "conversation_id": conversation, "message_id": target_id, "emoji": emoji}),
             };
+            let mut frame = frame;
+            frame["client_msg_id"] = json!(cmid);
             let mut l = self.ctx.shared.lock();
             l.changes.push(ChangeRecord {
                 conversation,
                 target,
                 target_id,
-                by: self.view.user.clone(),
+                key: (self.view.user.clone(), cmid),
                 kind: change,
                 acked_ids: Vec::new(),
-                applied_earlier: false,
                 attempts: 1,
             });
             (OpKind::Change(l.changes.len() - 1), frame)
@@ -483,11 +487,20 @@ impl Device {
             "ack" | "error" => self.on_answer(v, &mut out),
             "new_message" => self.on_message(&v["message"], &mut out),
             "message_edited" | "message_deleted" | "reaction" => {
-                if let Some(id) = v["id"].as_str() {
-                    self.view.changes_seen.insert(id.to_owned());
+                if let (Some(id), Some(by), Some(cmid)) = (
+                    v["id"].as_str(),
+                    v["by"].as_str(),
+                    v["client_msg_id"].as_str(),
+                ) {
+                    let key = (by.to_owned(), cmid.to_owned());
                     if let Some((_, c)) = &mut self.missing {
-                        c.remove(id);
+                        c.remove(&key);
                     }
+                    self.view
+                        .changes_seen
+                        .entry(key)
+                        .or_default()
+                        .insert(id.to_owned());
                 }
                 let conversation = v["conversation_id"].as_str().unwrap_or_default().to_owned();
                 self.on_seq(&conversation, v["seq"].as_u64().unwrap_or(0), &mut out);
@@ -556,7 +569,6 @@ impl Device {
             "rate_limited" => Some(Duration::from_millis(1000)),
             _ => None,
         };
-        let resent = op.attempts > 1;
         match (retry, &op.kind) {
             (Some(_), OpKind::Send(key)) if self.ctx.settings.open_loop => {
                 if let Some(r) = self.ctx.shared.lock().sends.get_mut(key) {
@@ -565,15 +577,6 @@ impl Device {
                 self.ops.remove(&no);
             }
             (Some(after), _) => op.state = OpState::RetryAt(Instant::now() + after),
-            (None, OpKind::Change(i)) if code == "invalid" && resent => {
-                // A resent deletion whose earlier attempt was applied.
-                if let Some(c) = self.ctx.shared.lock().changes.get_mut(*i)
-                    && c.kind == ChangeKind::Delete
-                {
-                    c.applied_earlier = true;
-                }
-                self.ops.remove(&no);
-            }
             (None, _) => {
                 self.ctx.shared.unexpected(format!(
                     "device {} got {v} for {}",

@@ -42,20 +42,20 @@ pub enum ChangeKind {
     React(String),
 }
 
-/// One edit, deletion or reaction asked for.
+/// One edit, deletion or reaction asked for, sent with a `client_msg_id`
+/// kept across its resends.
 #[derive(Debug, Clone)]
 pub struct ChangeRecord {
     pub conversation: String,
     /// The message changed, and its id as delivered.
     pub target: Key,
     pub target_id: String,
-    /// Who asked.
-    pub by: String,
+    /// Who asked and under which `client_msg_id`: the change's identity,
+    /// as a message's.
+    pub key: Key,
     pub kind: ChangeKind,
     /// The ids acks answered (each attempt that was acked is an entry).
     pub acked_ids: Vec<String>,
-    /// A resent deletion refused because an earlier attempt was applied.
-    pub applied_earlier: bool,
     pub attempts: u32,
 }
 
@@ -172,8 +172,8 @@ pub struct DeviceView {
     pub user: String,
     /// Message ids received per (sender, client_msg_id).
     pub got: HashMap<Key, BTreeSet<String>>,
-    /// Ids of the change entries received.
-    pub changes_seen: HashSet<String>,
+    /// Change ids received per (sender, client_msg_id).
+    pub changes_seen: HashMap<Key, BTreeSet<String>>,
     /// The last seq received with none missing before it, per conversation.
     pub contiguous: HashMap<String, u64>,
     /// Send → first delivery here of other members' messages, in µs.

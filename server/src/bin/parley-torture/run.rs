@@ -4,7 +4,7 @@
 use crate::checker::{self, Report};
 use crate::client::{Device, DeviceCtx, Expected, Milestone, Phase, Settings};
 use crate::fault::{self, CLUSTER_FAULTS, ENGINES, Server, ServerSpec, Stop};
-use crate::ledger::{ChangeKind, Shared};
+use crate::ledger::Shared;
 use crate::world::World;
 use crate::{Args, Mode};
 use anyhow::{Context, bail};
@@ -426,19 +426,11 @@ fn expected(world: &World, shared: &Shared) -> Expected {
             e.messages.entry(user).or_default().insert(key.clone());
         }
     }
-    // A resent deletion may have been superseded by its earlier attempt
-    // (the checker tells from the log); the others must all arrive.
-    for c in ledger
-        .changes
-        .iter()
-        .filter(|c| !(c.kind == ChangeKind::Delete && c.attempts > 1))
-    {
+    // Resends are deduped by key, so every acked change must arrive.
+    for c in ledger.changes.iter().filter(|c| !c.acked_ids.is_empty()) {
         for m in members(&c.conversation) {
             let user = world.users[m].id.clone();
-            e.changes
-                .entry(user)
-                .or_default()
-                .extend(c.acked_ids.iter().cloned());
+            e.changes.entry(user).or_default().insert(c.key.clone());
         }
     }
     e
