@@ -377,3 +377,14 @@ pub fn error_code(reply: &Value) -> &str {
     assert_eq!(reply["type"], "error", "{reply}");
     reply["code"].as_str().unwrap()
 }
+
+/// Asserts that a refused send is one the protocol says to resend with the
+/// same `client_msg_id`: `unavailable` (a backend down, the server busy) or
+/// `rate_limited` (the user's send rate; a client paces its resends).
+pub fn assert_retryable(reply: &Value) {
+    let code = error_code(reply);
+    assert!(
+        code == "unavailable" || code == "rate_limited",
+        "refused otherwise: {reply}"
+    );
+}
