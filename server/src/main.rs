@@ -6,6 +6,14 @@ use clap::Parser;
 use parley_server::App;
 use parley_server::cli::{Cli, Role};
 
+/// jemalloc instead of glibc's malloc. glibc keeps a heap arena per thread
+/// that allocated (up to 8 per core) and seldom hands freed memory back, so
+/// the server's RSS ratcheted up with every burst of load (0.4 → 1.6 GiB
+/// over four 10 s overload runs in one process); jemalloc's dirty-page
+/// decay returns it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     parley::telemetry::init();
