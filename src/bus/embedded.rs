@@ -17,6 +17,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use tokio::sync::{oneshot, watch};
 
+/// Committed offsets by (group, topic, partition).
+type Committed = Arc<Mutex<HashMap<(String, Topic, u32), u64>>>;
+
 /// (topic, partition, offset) → (key, payload).
 const LOG: TableDefinition<(u8, u32, u64), (&str, &[u8])> = TableDefinition::new("log");
 /// (group, topic, partition) → next offset to consume.
@@ -70,7 +73,7 @@ struct Inner {
     groups: Mutex<HashMap<(String, Topic), Group>>,
     next_member: Mutex<u64>,
     /// Committed offsets as in `OFFSETS`, mirrored in memory for [`EventBus::lag`].
-    committed: Arc<Mutex<HashMap<(String, Topic, u32), u64>>>,
+    committed: Committed,
 }
 
 struct Group {
@@ -259,7 +262,7 @@ struct Writer {
     partitions: u32,
     heads: Arc<Mutex<HashMap<(Topic, u32), u64>>>,
     versions: Arc<HashMap<Topic, watch::Sender<u64>>>,
-    committed: Arc<Mutex<HashMap<(String, Topic, u32), u64>>>,
+    committed: Committed,
 }
 
 impl Writer {

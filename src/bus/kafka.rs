@@ -26,6 +26,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+/// The last known consumer lag by (group, topic), each kept up to date
+/// in the background.
+type Lags = Arc<Mutex<HashMap<(String, Topic), Arc<Mutex<Option<u64>>>>>>;
+
 /// Bound of the producer's local queue (librdkafka's
 /// `queue.buffering.max.messages`): records handed to the client and not
 /// yet acknowledged by the broker. A publish that finds it full is refused
@@ -40,7 +44,7 @@ pub struct KafkaBus {
     producer: FutureProducer,
     /// Consumer lag per (group, topic) asked about, each refreshed by a
     /// background task every [`super::LAG_REFRESH`] while this bus lives.
-    lags: Arc<Mutex<HashMap<(String, Topic), Arc<Mutex<Option<u64>>>>>>,
+    lags: Lags,
 }
 
 impl std::fmt::Debug for KafkaBus {
