@@ -18,6 +18,7 @@ use std::process::Command;
 const MAX_RSS_MIB: u64 = 512;
 
 #[test]
+#[ignore = "on the debug build the server refuses nothing (its send path, not the sequencer, is the bottleneck, so the backlog stays under 400): see README, Torture test"]
 fn twice_the_measured_capacity_for_thirty_seconds_loses_nothing_acked() {
     let bound = MAX_RSS_MIB.to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_parley-torture"))
