@@ -26,8 +26,17 @@ pub struct Settings {
     pub pace: Duration,
     /// Operations a device may have unanswered.
     pub window: usize,
-    /// Open loop: a refused send is given up (counted), not resent.
+    /// Open loop (overload): a new message every `pace` whatever is
+    /// outstanding (the rest waits in the device's outbox), at most
+    /// `in_flight` on the wire; a refusal holds the whole device back
+    /// (backoff doubling from 50 ms to 1 s) before it resends with the same
+    /// `client_msg_id`; once draining, what is not on the wire is given up.
     pub open_loop: bool,
+    /// Attempts a device may have on the wire unanswered.
+    pub in_flight: usize,
+    /// Delivery latency is recorded for messages sent from this moment on
+    /// (µs of the run's clock): not for older ones a first sync brings.
+    pub latency_from_us: u64,
     /// An operation unanswered this long is sent again.
     pub ack_timeout: Duration,
     /// Edit, delete and react to some messages.
@@ -123,7 +132,17 @@ pub struct Device {
     drained_told: bool,
     complete_told: bool,
     rng: u64,
+    /// Open loop: when the next message is due, and until when a refusal
+    /// holds every send back (and how long the next one will).
+    next_issue: Option<Instant>,
+    held_until: Instant,
+    busy_backoff: Duration,
 }
+
+/// The first hold after a refusal (open loop); it doubles up to
+/// [`MAX_BUSY_BACKOFF`] while refusals go on and resets on an ack.
+const BUSY_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BUSY_BACKOFF: Duration = Duration::from_secs(1);
 
 impl Device {
     /// A device that has not connected yet.
@@ -149,6 +168,9 @@ impl Device {
             drained_told: false,
             complete_told: false,
             rng: rng | 1,
+            next_issue: None,
+            held_until: Instant::now(),
+            busy_backoff: BUSY_BACKOFF,
         }
     }
 
@@ -318,11 +340,29 @@ impl Device {
             out.extend(self.due(now));
         }
         match self.phase() {
+            Phase::Running if self.ctx.settings.open_loop => {
+                // Catch up on ticks that came late, so the offered rate
+                // holds while the client itself is slowed down.
+                let pace = self.ctx.settings.pace;
+                let mut next = self.next_issue.unwrap_or(now);
+                let mut issued = 0;
+                while next <= now && issued < 64 {
+                    out.extend(self.issue());
+                    next += pace;
+                    issued += 1;
+                }
+                // Too far behind (the client starved): start afresh.
+                if next + pace * 64 < now {
+                    next = now;
+                }
+                self.next_issue = Some(next);
+            }
             Phase::Running => {
                 if self.ops.len() < self.ctx.settings.window {
                     out.extend(self.issue());
                 }
             }
+            Phase::Draining if self.ctx.settings.open_loop => self.give_up_outbox(),
             Phase::Final(_) => {
                 let incomplete = self
                     .missing
@@ -354,37 +394,57 @@ impl Device {
         out
     }
 
-    /// The frames of the operations whose retry time has come.
+    /// The frames of the operations whose retry time has come (oldest
+    /// first, at most `in_flight` on the wire, none while held back).
     fn due(&mut self, now: Instant) -> Vec<Value> {
         let mut out = Vec::new();
-        let mut resends = 0;
+        if now < self.held_until {
+            return out;
+        }
+        let mut on_wire = self
+            .ops
+            .values()
+            .filter(|op| matches!(op.state, OpState::Sent(_)))
+            .count();
+        let sent_us = self.ctx.shared.now_us();
+        let mut resent = Vec::new();
         for (no, op) in self.ops.iter_mut() {
+            if on_wire >= self.ctx.settings.in_flight {
+                break;
+            }
             if let OpState::RetryAt(at) = op.state
                 && at <= now
             {
                 op.attempts += 1;
-                resends += u64::from(op.attempts > 1);
+                if op.attempts > 1 {
+                    resent.push(*no);
+                }
                 op.state = OpState::Sent(now);
+                on_wire += 1;
                 let mut frame = op.frame.clone();
                 frame["ref"] = json!(format!("o{no}a{}", op.attempts));
+                if let OpKind::Send((_, cmid)) = &op.kind {
+                    // Each attempt carries its own send time: the stored
+                    // body is the accepted attempt's, so a recipient
+                    // measures delivery from the send the server took.
+                    frame["body"] = json!(format!("{cmid} t{sent_us}"));
+                }
                 out.push(frame);
             }
         }
-        if resends > 0 {
+        if !resent.is_empty() {
             let mut l = self.ctx.shared.lock();
-            l.counters.resends += resends;
-            for op in self.ops.values() {
-                if op.attempts > 1 {
-                    match &op.kind {
-                        OpKind::Send(key) => {
-                            if let Some(r) = l.sends.get_mut(key) {
-                                r.attempts = r.attempts.max(op.attempts);
-                            }
+            l.counters.resends += resent.len() as u64;
+            for op in resent.iter().filter_map(|no| self.ops.get(no)) {
+                match &op.kind {
+                    OpKind::Send(key) => {
+                        if let Some(r) = l.sends.get_mut(key) {
+                            r.attempts = r.attempts.max(op.attempts);
                         }
-                        OpKind::Change(i) => {
-                            if let Some(c) = l.changes.get_mut(*i) {
-                                c.attempts = c.attempts.max(op.attempts);
-                            }
+                    }
+                    OpKind::Change(i) => {
+                        if let Some(c) = l.changes.get_mut(*i) {
+                            c.attempts = c.attempts.max(op.attempts);
                         }
                     }
                 }
@@ -550,6 +610,7 @@ impl Device {
                 c.acked_ids.push(id.to_owned());
             }
             self.ops.remove(&no);
+            self.busy_backoff = BUSY_BACKOFF;
             return;
         }
         let code = v["code"].as_str().unwrap_or("?").to_owned();
@@ -569,12 +630,28 @@ impl Device {
             "rate_limited" => Some(Duration::from_millis(1000)),
             _ => None,
         };
+        let open_loop = self.ctx.settings.open_loop;
+        let running = matches!(*self.ctx.phase.borrow(), Phase::Running);
         match (retry, &op.kind) {
-            (Some(_), OpKind::Send(key)) if self.ctx.settings.open_loop => {
+            (Some(_), OpKind::Send(key)) if open_loop && !running => {
+                // Draining: the run is over, the refused message is not
+                // acked and is given up (counted, not checked).
                 if let Some(r) = self.ctx.shared.lock().sends.get_mut(key) {
                     r.given_up = Some(code);
                 }
                 self.ops.remove(&no);
+            }
+            (Some(after), _) if open_loop => {
+                // Server busy: hold every send back, then resend in order.
+                // The other attempts already on the wire are refused too
+                // and join the same hold rather than lengthening it.
+                let now = Instant::now();
+                op.state = OpState::RetryAt(now);
+                if now >= self.held_until {
+                    let hold = self.busy_backoff.max(after).min(MAX_BUSY_BACKOFF);
+                    self.held_until = now + hold;
+                    self.busy_backoff = (self.busy_backoff * 2).min(MAX_BUSY_BACKOFF);
+                }
             }
             (Some(after), _) => op.state = OpState::RetryAt(Instant::now() + after),
             (None, _) => {
@@ -583,6 +660,34 @@ impl Device {
                     self.ctx.index, op.frame
                 ));
                 self.ops.remove(&no);
+            }
+        }
+    }
+
+    /// Open loop, draining: gives up the sends not on the wire (waiting in
+    /// the outbox or to be resent); those on the wire get their answer.
+    fn give_up_outbox(&mut self) {
+        let waiting: Vec<u64> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| {
+                matches!(op.state, OpState::RetryAt(_)) && matches!(op.kind, OpKind::Send(_))
+            })
+            .map(|(&no, _)| no)
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let mut l = self.ctx.shared.lock();
+        for no in waiting {
+            if let Some(Op {
+                kind: OpKind::Send(key),
+                attempts,
+                ..
+            }) = self.ops.remove(&no)
+                && let Some(r) = l.sends.get_mut(&key)
+            {
+                r.given_up = Some(if attempts == 0 { "unsent" } else { "refused" }.to_owned());
             }
         }
     }
@@ -609,7 +714,9 @@ impl Device {
                 .as_str()
                 .and_then(|b| b.rsplit(" t").next())
                 .and_then(|t| t.parse::<u64>().ok());
-            if let Some(sent) = sent_us {
+            if let Some(sent) = sent_us
+                && sent >= self.ctx.settings.latency_from_us
+            {
                 let now = self.ctx.shared.now_us();
                 self.view.latencies_us.push(now.saturating_sub(sent));
             }

@@ -15,14 +15,17 @@
 //!
 //! Modes: `embedded` (the default; the test suite runs it), `real`
 //! (KAFKA_BROKERS, REDIS_URL, MONGODB_URL set), `cluster` (through nginx of
-//! `scripts/cluster`), `overload` (an open-loop offered rate for a
-//! duration: offered, acked, refused by code, send → deliver p50/p99, the
-//! server's peak RSS). Every loop is bounded in count and time.
+//! `scripts/cluster`), `overload` (the capacity measured
+//! closed-loop first, then twice that offered open-loop for a duration:
+//! offered, acked, refused by code, send → deliver p50/p99 of accepted
+//! messages, the server's peak RSS against a bound). Every loop is bounded
+//! in count and time.
 
 mod checker;
 mod client;
 mod fault;
 mod ledger;
+mod overload;
 mod run;
 mod world;
 
@@ -41,6 +44,29 @@ pub enum Mode {
     Cluster,
     /// A spawned `parley` under an open-loop offered rate, no faults.
     Overload,
+}
+
+/// Overload's offered rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    /// Twice the capacity measured first against the same server.
+    Auto,
+    /// This many messages per second over all devices.
+    Fixed(u64),
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Rate::Auto),
+            n => match n.parse::<u64>() {
+                Ok(r) if r > 0 => Ok(Rate::Fixed(r)),
+                _ => Err(format!("{n:?}: `auto` or messages per second (> 0)")),
+            },
+        }
+    }
 }
 
 /// The command line.
@@ -78,21 +104,30 @@ pub struct Args {
     pub outage_ms: u64,
     #[arg(long, default_value_t = 12)]
     pub users: usize,
-    /// Most devices per user (user i has 1 + i % devices).
-    #[arg(long, default_value_t = 3)]
-    pub devices: usize,
+    /// Most devices per user (user i has 1 + i % devices); default 3, and
+    /// 16 in overload mode (78 WebSockets for 12 users: the edge handles a
+    /// connection's frames one at a time, so only many connections, not
+    /// deep pipelines on few, can offer the server more than it takes).
+    #[arg(long)]
+    pub devices: Option<usize>,
     #[arg(long, default_value_t = 3)]
     pub groups: usize,
     /// Time between two operations of one device, in ms.
     #[arg(long, default_value_t = 300)]
     pub pace_ms: u64,
-    /// Overload: offered messages per second over all devices.
-    #[arg(long, default_value_t = 2000)]
-    pub rate: u64,
+    /// Overload: offered messages per second over all devices, or `auto`:
+    /// twice the capacity measured closed-loop against the same server.
+    #[arg(long, default_value = "auto")]
+    pub rate: Rate,
     /// Overload: how long to offer it, in seconds.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 30)]
     pub duration_secs: u64,
-    /// Lift the server's per-connection and per-user send limits.
+    /// Overload: the bound on the server's peak RSS, in MiB; passing it
+    /// fails the run.
+    #[arg(long)]
+    pub max_rss_mib: Option<u64>,
+    /// Lift the server's per-connection and per-user send limits (always
+    /// in overload mode).
     #[arg(long)]
     pub no_limits: bool,
     /// Seed of the fault schedule and of the devices' choices.

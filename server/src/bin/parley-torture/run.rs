@@ -4,11 +4,11 @@
 use crate::checker::{self, Report};
 use crate::client::{Device, DeviceCtx, Expected, Milestone, Phase, Settings};
 use crate::fault::{self, CLUSTER_FAULTS, ENGINES, Server, ServerSpec, Stop};
-use crate::ledger::Shared;
+use crate::ledger::{DeviceView, Shared};
+use crate::overload::{self, Capacity};
 use crate::world::World;
-use crate::{Args, Mode};
+use crate::{Args, Mode, Rate};
 use anyhow::{Context, bail};
-use hdrhistogram::Histogram;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,43 +80,59 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     url_tx.send_replace(Some(url.clone()));
     let sampler = tokio::spawn(sample_rss(server_pid.clone(), peak_rss.clone()));
 
-    let world = Arc::new(World::build(&url, &run_id, args.users, args.devices, args.groups).await?);
+    let max_devices = args.devices.unwrap_or(if args.mode == Mode::Overload {
+        overload::DEVICES
+    } else {
+        3
+    });
+    let world = Arc::new(World::build(&url, &run_id, args.users, max_devices, args.groups).await?);
     let shared = Shared::new();
     let overload = args.mode == Mode::Overload;
     let devices = world.device_count();
+    let mut capacity = None::<Capacity>;
+    let rate = match (overload, args.rate) {
+        (false, _) => 0,
+        (true, Rate::Fixed(r)) => r,
+        (true, Rate::Auto) => {
+            let c = overload::calibrate(&world, &shared, &url_rx, seed).await?;
+            eprintln!(
+                "torture: capacity {:.0} msgs/s ({} acked in the measured stretch, {} of them delivered; {} unacked sends per device)",
+                c.per_s,
+                c.acked,
+                c.delivered,
+                overload::CALIBRATION_WINDOW
+            );
+            capacity = Some(c);
+            (c.per_s * overload::FACTOR).round().max(1.0) as u64
+        }
+    };
     let settings = Arc::new(Settings {
         pace: if overload {
-            Duration::from_micros(1_000_000 * devices as u64 / args.rate.max(1))
-                .max(Duration::from_micros(200))
+            Duration::from_secs_f64(devices as f64 / rate as f64).max(Duration::from_micros(200))
         } else {
             Duration::from_millis(args.pace_ms.max(1))
         },
-        window: if overload { 10_000 } else { 1 },
+        window: if overload { usize::MAX } else { 1 },
         open_loop: overload,
+        in_flight: if overload {
+            overload::IN_FLIGHT
+        } else {
+            usize::MAX
+        },
         ack_timeout: Duration::from_secs(if overload { 30 } else { 5 }),
         changes: !overload,
+        latency_from_us: shared.now_us(),
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (news_tx, mut news_rx) = mpsc::unbounded_channel();
-    let mut tasks = Vec::new();
-    let mut index = 0;
-    for (user, &count) in world.devices.iter().enumerate() {
-        for local in 0..count {
-            let device = Device::new(DeviceCtx {
-                index,
-                user,
-                local,
-                world: world.clone(),
-                shared: shared.clone(),
-                settings: settings.clone(),
-                url: url_rx.clone(),
-                phase: phase_rx.clone(),
-                news: news_tx.clone(),
-                seed: seed.wrapping_add(index as u64),
-            });
-            tasks.push(tokio::spawn(device.run()));
-            index += 1;
-        }
+    let tasks = spawn_devices(
+        0, &world, &shared, &settings, &url_rx, &phase_rx, &news_tx, seed,
+    );
+    if overload {
+        eprintln!(
+            "torture: offering {rate} msgs/s open-loop for {} s",
+            args.duration_secs
+        );
     }
     eprintln!(
         "torture: mode {:?}, seed {seed}, {} users, {devices} devices, {} conversations, data dir {}",
@@ -128,6 +144,8 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
 
     let mut faults = Faults::default();
     let offered_for = Instant::now();
+    let offered_from_us = shared.now_us();
+    let offered_before = shared.lock().counters.offered;
     match args.mode {
         Mode::Embedded | Mode::Real => {
             inject(
@@ -146,6 +164,19 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         Mode::Overload => tokio::time::sleep(Duration::from_secs(args.duration_secs)).await,
     }
     let offered_secs = offered_for.elapsed().as_secs_f64();
+    let offered_to_us = shared.now_us();
+    let (offered, acked_in_stretch) = {
+        let l = shared.lock();
+        let acked = l
+            .sends
+            .values()
+            .filter(|r| {
+                r.acked_us
+                    .is_some_and(|t| t >= offered_from_us && t < offered_to_us)
+            })
+            .count() as u64;
+        (l.counters.offered - offered_before, acked)
+    };
 
     // Quiesce: nothing new, finish what is outstanding, then sync to the end.
     phase_tx.send_replace(Phase::Draining);
@@ -212,6 +243,23 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
     if args.mode != Mode::Overload && faults.cycles < args.cycles {
         clean = false;
     }
+    let mut overload_figures = String::new();
+    if overload {
+        let rss_ok;
+        (overload_figures, rss_ok) = overload::figures(&overload::Figures {
+            capacity,
+            offered,
+            acked: acked_in_stretch,
+            secs: offered_secs,
+            views: &views,
+            peak_rss_kib: peak_rss.load(Ordering::Relaxed),
+            max_rss_mib: args.max_rss_mib,
+        })?;
+        if !rss_ok {
+            clean = false;
+            println!("finding: the server's peak RSS passed --max-rss-mib");
+        }
+    }
     print_report(&report, &faults, &world);
     let mut line = format!(
         "TORTURE mode={} result={} seed={seed} cycles={} kills={} terms={} engine_faults={} cluster_faults={} users={} devices={devices} conversations={} offered={} {} unacked={unacked} given_up={given_up} resends={} refused={} reconnects={} connect_failures={} live_gaps={} ack_timeouts={} unexpected={} drained={drained}/{devices} synced={complete}/{devices} elapsed_s={:.0}",
@@ -235,9 +283,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         report.counters.unexpected.len(),
         began.elapsed().as_secs_f64(),
     );
-    if overload {
-        line.push_str(&overload_figures(&views, &report, offered_secs, &peak_rss)?);
-    }
+    line.push_str(&overload_figures);
     println!("{line}");
     if clean && own_dir && spawned {
         let _ = std::fs::remove_dir_all(&data_dir);
@@ -289,7 +335,7 @@ fn server_spec(
         }
         _ => unset.extend(urls.map(String::from)),
     }
-    if args.no_limits {
+    if args.no_limits || args.mode == Mode::Overload {
         env.push(("PARLEY_WS_FRAMES_PER_SEC".into(), "1000000".into()));
         env.push(("PARLEY_USER_SEND_LIMIT".into(), "100000000".into()));
     }
@@ -387,8 +433,44 @@ async fn inject_cluster(args: &Args, shared: &Shared, rng: &mut Rng, faults: &mu
     tokio::time::sleep(Duration::from_millis(args.max_up_ms)).await;
 }
 
+/// Starts a device for each device of each user of `world`, numbered from
+/// `first`.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_devices(
+    first: usize,
+    world: &Arc<World>,
+    shared: &Shared,
+    settings: &Arc<Settings>,
+    url: &watch::Receiver<Option<String>>,
+    phase: &watch::Receiver<Phase>,
+    news: &mpsc::UnboundedSender<(usize, Milestone)>,
+    seed: u64,
+) -> Vec<tokio::task::JoinHandle<DeviceView>> {
+    let mut tasks = Vec::new();
+    let mut index = first;
+    for (user, &count) in world.devices.iter().enumerate() {
+        for local in 0..count {
+            let device = Device::new(DeviceCtx {
+                index,
+                user,
+                local,
+                world: world.clone(),
+                shared: shared.clone(),
+                settings: settings.clone(),
+                url: url.clone(),
+                phase: phase.clone(),
+                news: news.clone(),
+                seed: seed.wrapping_add(index as u64),
+            });
+            tasks.push(tokio::spawn(device.run()));
+            index += 1;
+        }
+    }
+    tasks
+}
+
 /// Waits until `count` devices reported `what`, at most `patience`.
-async fn await_news(
+pub async fn await_news(
     news: &mut mpsc::UnboundedReceiver<(usize, Milestone)>,
     count: usize,
     what: Milestone,
@@ -462,29 +544,6 @@ fn refusals(report: &Report) -> String {
     } else {
         parts.join(",")
     }
-}
-
-fn overload_figures(
-    views: &[crate::ledger::DeviceView],
-    report: &Report,
-    secs: f64,
-    peak_rss: &AtomicU64,
-) -> anyhow::Result<String> {
-    let mut h = Histogram::<u64>::new(3)?;
-    for v in views {
-        for &l in &v.latencies_us {
-            h.record(l.max(1))?;
-        }
-    }
-    Ok(format!(
-        " offered_per_s={:.0} acked_per_s={:.0} deliver_p50_ms={:.1} deliver_p99_ms={:.1} deliveries={} peak_rss_mib={:.1}",
-        report.counters.offered as f64 / secs,
-        report.total.acked as f64 / secs,
-        h.value_at_quantile(0.5) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0,
-        h.len(),
-        peak_rss.load(Ordering::Relaxed) as f64 / 1024.0,
-    ))
 }
 
 fn print_report(report: &Report, faults: &Faults, world: &World) {
