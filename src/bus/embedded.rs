@@ -140,8 +140,8 @@ impl EmbeddedBus {
             }
             txn.open_table(HEADS).map_err(storage)?;
             txn.commit().map_err(storage)?;
-            heads = recover_heads(&db, partitions)?;
             committed = committed_offsets(&db)?;
+            heads = recover_heads(&db, partitions, &committed)?;
         }
         let heads = Arc::new(Mutex::new(heads));
         let committed = Arc::new(Mutex::new(committed));
@@ -209,17 +209,18 @@ impl Drop for Inner {
 /// The last two only matter for a data directory written before `HEADS`
 /// existed; taking the maximum means no new record can ever get an offset
 /// a group has already committed past.
-fn recover_heads(db: &Database, partitions: u32) -> Result<HashMap<(Topic, u32), u64>, BusError> {
+fn recover_heads(
+    db: &Database,
+    partitions: u32,
+    committed: &HashMap<(String, Topic, u32), u64>,
+) -> Result<HashMap<(Topic, u32), u64>, BusError> {
     let txn = db.begin_read().map_err(storage)?;
     let log = txn.open_table(LOG).map_err(storage)?;
     let stored = txn.open_table(HEADS).map_err(storage)?;
-    let offsets = txn.open_table(OFFSETS).map_err(storage)?;
-    let mut committed: HashMap<(u8, u32), u64> = HashMap::new();
-    for row in offsets.iter().map_err(storage)? {
-        let (k, v) = row.map_err(storage)?;
-        let (_, t, p) = k.value();
-        let c = committed.entry((t, p)).or_insert(0);
-        *c = (*c).max(v.value());
+    let mut consumed: HashMap<(Topic, u32), u64> = HashMap::new();
+    for ((_, topic, p), offset) in committed {
+        let c = consumed.entry((*topic, *p)).or_insert(0);
+        *c = (*c).max(*offset);
     }
     let mut heads = HashMap::new();
     for topic in Topic::ALL {
@@ -236,7 +237,7 @@ fn recover_heads(db: &Database, partitions: u32) -> Result<HashMap<(Topic, u32),
                 .get((t, p))
                 .map_err(storage)?
                 .map_or(0, |v| v.value());
-            let consumed = committed.get(&(t, p)).copied().unwrap_or(0);
+            let consumed = consumed.get(&(topic, p)).copied().unwrap_or(0);
             heads.insert((topic, p), after_last.max(kept).max(consumed));
         }
     }
@@ -510,11 +511,14 @@ impl EventBus for EmbeddedBus {
         let committed = self.inner.committed.lock().ok()?;
         let mut lag = 0;
         let mut known = false;
-        for p in 0..self.inner.partitions {
-            let head = heads.get(&(topic, p)).copied().unwrap_or(0);
-            if let Some(c) = committed.get(&(group.to_owned(), topic, p)) {
+        for ((g, t, p), c) in committed.iter() {
+            if g == group && *t == topic {
                 known = true;
-                lag += head.saturating_sub(*c);
+                lag += heads
+                    .get(&(topic, *p))
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(*c);
             }
         }
         known.then_some(lag)
@@ -547,17 +551,21 @@ impl EmbeddedSubscription {
         };
         let index = members.iter().position(|m| *m == self.member).unwrap_or(0);
         let count = members.len().max(1);
-        let txn = self.bus.inner.db.begin_read().map_err(storage)?;
-        let offsets = txn.open_table(OFFSETS).map_err(storage)?;
+        // The in-memory mirror of `OFFSETS`: no read transaction needed.
+        let committed = self
+            .bus
+            .inner
+            .committed
+            .lock()
+            .map_err(|_| BusError::Closed)?;
         self.positions.clear();
         for p in 0..self.bus.inner.partitions {
             if (p as usize) % count == index {
-                let committed = offsets
-                    .get((self.group.as_str(), self.topic.index(), p))
-                    .map_err(storage)?
-                    .map(|v| v.value())
+                let offset = committed
+                    .get(&(self.group.clone(), self.topic, p))
+                    .copied()
                     .unwrap_or(0);
-                self.positions.insert(p, committed);
+                self.positions.insert(p, offset);
             }
         }
         self.assigned = true;
