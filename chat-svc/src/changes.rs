@@ -117,19 +117,17 @@ impl Chat {
                 (MessageKind::Reaction, String::new(), emoji, on)
             }
         };
-        let store = self.backends.store.as_ref();
-        if let Some(stored) = store
-            .message_by_client_id(user.as_str(), &client_msg_id)
-            .await?
-        {
-            let asked = ChatMessage {
-                kind: kind as i32,
-                target_id: message_id.as_str().to_owned(),
-                ..Default::default()
-            };
-            crate::chat::same_request(&stored, &asked)?;
+        // Before any store read, as for messages (see `Chat::send`).
+        self.admit().await?;
+        let asked = ChatMessage {
+            kind: kind as i32,
+            target_id: message_id.as_str().to_owned(),
+            ..Default::default()
+        };
+        if let Some(stored) = self.stored_earlier(user, &client_msg_id, &asked).await? {
             return Ok(Changed::Duplicate(Box::new(stored)));
         }
+        let store = self.backends.store.as_ref();
         let c = member_of(store, user, conversation).await?;
         let target = store
             .message_by_id(&c.id, message_id.as_str())
@@ -153,7 +151,6 @@ impl Chat {
                 message_id: target.id,
             });
         }
-        self.admit().await?;
         self.count_send(user).await?;
         entry.client_msg_id = client_msg_id;
         entry.id = id;

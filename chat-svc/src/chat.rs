@@ -265,20 +265,17 @@ impl Chat {
         // far less than an acceptance, or refusing takes the capacity that
         // the backlog needs to drain.
         self.admit().await?;
-        let store = self.backends.store.as_ref();
-        if let Some(stored) = store
-            .message_by_client_id(user.as_str(), &client_msg_id)
+        if let Some(stored) = self
+            .stored_earlier(user, &client_msg_id, &ChatMessage::default())
             .await?
         {
-            let asked = ChatMessage::default();
-            same_request(&stored, &asked)?;
             return Ok(Sent {
                 message: stored,
                 duplicate: true,
             });
         }
         self.count_send(user).await?;
-        let conversation = resolve(store, user, target, true).await?;
+        let conversation = resolve(self.backends.store.as_ref(), user, target, true).await?;
         let message = ChatMessage {
             id: id.into_string(),
             conversation_id: conversation.id,
@@ -300,6 +297,27 @@ impl Chat {
             message,
             duplicate: false,
         })
+    }
+
+    /// The entry already stored under `(user, client_msg_id)`, if any: a
+    /// resend, answered with it (refused when the key stood for another
+    /// request than `asked`, see [`same_request`]). The store's unique index
+    /// is the dedupe of last resort, when the registry's claim is gone.
+    pub(crate) async fn stored_earlier(
+        &self,
+        user: &UserId,
+        client_msg_id: &str,
+        asked: &ChatMessage,
+    ) -> Result<Option<ChatMessage>, ApiError> {
+        let stored = self
+            .backends
+            .store
+            .message_by_client_id(user.as_str(), client_msg_id)
+            .await?;
+        if let Some(stored) = &stored {
+            same_request(stored, asked)?;
+        }
+        Ok(stored)
     }
 
     /// Queues `entry` once per `(from, client_msg_id)`, for messages and
