@@ -12,7 +12,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+#[path = "common/torture.rs"]
+mod common;
 
 /// The stated bound on the server's RSS under overload, in MiB.
 const MAX_RSS_MIB: u64 = 512;
@@ -28,37 +29,29 @@ const MAX_BACKLOG: &str = "32";
 #[test]
 fn twice_the_measured_capacity_for_thirty_seconds_loses_nothing_acked() {
     let bound = MAX_RSS_MIB.to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_parley-torture"))
-        .args(["--mode", "overload", "--rate", "auto"])
-        .args(["--duration-secs", "30", "--max-rss-mib", &bound])
-        .args(["--deadline-secs", "300"])
-        .args(["--server-bin", env!("CARGO_BIN_EXE_parley")])
-        .env_remove("RUST_LOG")
-        .env("PARLEY_MAX_BACKLOG", MAX_BACKLOG)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let summary = stdout
-        .lines()
-        .find(|l| l.starts_with("TORTURE "))
-        .unwrap_or_else(|| panic!("no summary line\n{stdout}\n{stderr}"));
-    eprintln!("{summary}");
-    assert!(
-        out.status.success() && summary.contains(" result=PASS "),
-        "overload failed ({})\n{stdout}\n{stderr}",
-        out.status
+    let summary = common::passing_summary(
+        &[
+            "--mode",
+            "overload",
+            "--rate",
+            "auto",
+            "--duration-secs",
+            "30",
+            "--max-rss-mib",
+            &bound,
+            "--deadline-secs",
+            "300",
+        ],
+        &[("PARLEY_MAX_BACKLOG", MAX_BACKLOG)],
+        &[
+            " lost=0 ",
+            " dup=0 ",
+            " gaps=0 ",
+            " reorders=0 ",
+            " unacked=0 ",
+            " rss=ok",
+        ],
     );
-    for clean in [
-        " lost=0 ",
-        " dup=0 ",
-        " gaps=0 ",
-        " reorders=0 ",
-        " unacked=0 ",
-        " rss=ok",
-    ] {
-        assert!(summary.contains(clean), "{clean:?} not in {summary}");
-    }
     let field = |name: &str| -> f64 {
         summary
             .split_whitespace()

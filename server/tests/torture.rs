@@ -10,45 +10,30 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+#[path = "common/torture.rs"]
+mod common;
 
 #[test]
 fn nothing_acked_is_lost_across_twenty_kill_and_term_cycles() {
-    let out = Command::new(env!("CARGO_BIN_EXE_parley-torture"))
-        .args([
+    common::passing_summary(
+        &[
             "--mode",
             "embedded",
             "--cycles",
             "20",
             "--deadline-secs",
             "600",
-        ])
-        .args(["--server-bin", env!("CARGO_BIN_EXE_parley")])
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let summary = stdout
-        .lines()
-        .find(|l| l.starts_with("TORTURE "))
-        .unwrap_or_else(|| panic!("no summary line\n{stdout}\n{stderr}"));
-    eprintln!("{summary}");
-    assert!(
-        out.status.success() && summary.contains(" result=PASS "),
-        "torture failed ({})\n{stdout}\n{stderr}",
-        out.status
+        ],
+        &[],
+        &[
+            " lost=0 ",
+            " dup=0 ",
+            " gaps=0 ",
+            " reorders=0 ",
+            " changes_lost=0 ",
+            " changes_dup=0 ",
+            " changes_unacked_applied=0 ",
+            " cycles=20 ",
+        ],
     );
-    for clean in [
-        " lost=0 ",
-        " dup=0 ",
-        " gaps=0 ",
-        " reorders=0 ",
-        " changes_lost=0 ",
-        " changes_dup=0 ",
-        " changes_unacked_applied=0 ",
-        " cycles=20 ",
-    ] {
-        assert!(summary.contains(clean), "{clean:?} not in {summary}");
-    }
 }
