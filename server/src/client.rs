@@ -115,3 +115,24 @@ pub fn percentiles(h: &Histogram<u64>) -> String {
         h.max() as f64 / 1000.0
     )
 }
+
+/// Samples the RSS of the process whose pid is in `pid` (0: none yet; it
+/// may change as a server is restarted) every 100 ms, keeping the peak in
+/// `peak` (KiB). Runs until dropped.
+pub async fn sample_peak_rss(
+    pid: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let p = pid.load(Ordering::Relaxed);
+        if let Ok(p) = u32::try_from(p)
+            && p != 0
+            && let Ok(kib) = rss_kib(p)
+        {
+            peak.fetch_max(kib, Ordering::Relaxed);
+        }
+    }
+}

@@ -472,15 +472,10 @@ async fn flood(
     }
     let peak_rss = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sampling = server_pid.map(|pid| {
-        let peak = peak_rss.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Ok(kib) = rss_kib(pid) {
-                    peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
+        tokio::spawn(parley_server::client::sample_peak_rss(
+            Arc::new(std::sync::atomic::AtomicU64::new(u64::from(pid))),
+            peak_rss.clone(),
+        ))
     });
     let start = Instant::now();
     let period = Duration::from_secs_f64(pairs as f64 / rate.max(1) as f64);

@@ -78,7 +78,10 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         args.url.clone()
     };
     url_tx.send_replace(Some(url.clone()));
-    let sampler = tokio::spawn(sample_rss(server_pid.clone(), peak_rss.clone()));
+    let sampler = tokio::spawn(parley_server::client::sample_peak_rss(
+        server_pid.clone(),
+        peak_rss.clone(),
+    ));
 
     let max_devices = args.devices.unwrap_or(if args.mode == Mode::Overload {
         overload::DEVICES
@@ -516,20 +519,6 @@ fn expected(world: &World, shared: &Shared) -> Expected {
         }
     }
     e
-}
-
-/// Samples the spawned server's RSS every 100 ms, keeping the peak.
-async fn sample_rss(pid: Arc<AtomicU64>, peak: Arc<AtomicU64>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tick.tick().await;
-        let p = pid.load(Ordering::Relaxed);
-        if p != 0
-            && let Ok(kib) = parley_server::client::rss_kib(p as u32)
-        {
-            peak.fetch_max(kib, Ordering::Relaxed);
-        }
-    }
 }
 
 fn refusals(report: &Report) -> String {
