@@ -114,6 +114,22 @@ pub enum ClientFrame {
     Ping {},
 }
 
+impl ClientFrame {
+    /// Whether the frame writes a message or changes one: the commands a
+    /// client resends with the same `client_msg_id` when told `unavailable`,
+    /// so an overloaded edge may refuse them instead of queueing them
+    /// (`docs/protocol.md`, "Errors and resending").
+    pub fn resendable(&self) -> bool {
+        matches!(
+            self,
+            Self::SendMessage { .. }
+                | Self::EditMessage { .. }
+                | Self::DeleteMessage { .. }
+                | Self::React { .. }
+        )
+    }
+}
+
 fn yes() -> bool {
     true
 }

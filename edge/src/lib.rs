@@ -115,6 +115,13 @@ pub struct HttpArgs {
     #[arg(long, env = "PARLEY_WS_FRAMES_PER_SEC", global = true,
           default_value_t = state::DEFAULT_FRAMES_PER_SECOND)]
     pub ws_frames_per_sec: u32,
+    /// Milliseconds a send, edit, delete or reaction may wait at the edge
+    /// behind its connection's earlier frames before it is answered
+    /// `unavailable` (resend with the same `client_msg_id`): under overload
+    /// the edge sheds instead of queueing.
+    #[arg(long, env = "PARLEY_MAX_FRAME_WAIT_MS", global = true,
+          default_value_t = state::DEFAULT_MAX_FRAME_WAIT_MS)]
+    pub max_frame_wait_ms: u64,
     /// The HTTP address registered for this edge when it differs from the
     /// bound one (in a container: `edge1:3001`).
     #[arg(long, env = "HTTP_ADVERTISE_ADDR", global = true)]
@@ -159,6 +166,7 @@ pub async fn run_standalone(
     let config = EdgeConfig {
         liveness: node.liveness(),
         frames_per_second: http.ws_frames_per_sec,
+        max_frame_wait: std::time::Duration::from_millis(http.max_frame_wait_ms),
         advertise_grpc: node.grpc_advertise_addr.clone(),
         advertise_http: http.http_advertise_addr.clone(),
         allowed_origins: origin::AllowedOrigins::new(&http.allowed_origins),

@@ -11,6 +11,12 @@ use parley::proto::presence_service_client::PresenceServiceClient;
 /// A person types far slower than this; a runaway client does not.
 pub const DEFAULT_FRAMES_PER_SECOND: u32 = 30;
 
+/// Longest a write command (send, edit, delete, react) may wait at the edge
+/// before it is handled; past it the edge answers `unavailable` at once
+/// instead of adding to an overloaded server's latency (see
+/// `ws::session`). Milliseconds.
+pub const DEFAULT_MAX_FRAME_WAIT_MS: u64 = 500;
+
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
     /// This edge's id in the registry and in `connected.node`.
@@ -21,6 +27,10 @@ pub struct EdgeConfig {
     /// Frames per second one connection may send (bursts of twice that);
     /// beyond it frames are refused with `rate_limited`.
     pub frames_per_second: u32,
+    /// Longest a write command may wait behind the connection's earlier
+    /// frames before it is refused with `unavailable` (the client resends it
+    /// with the same `client_msg_id`).
+    pub max_frame_wait: std::time::Duration,
     /// Addresses registered for this edge instead of the bound ones (see
     /// `GRPC_ADVERTISE_ADDR`, `HTTP_ADVERTISE_ADDR`).
     pub advertise_grpc: Option<String>,
@@ -36,6 +46,7 @@ impl EdgeConfig {
             liveness: Liveness::default(),
             join_timeout: std::time::Duration::from_secs(10),
             frames_per_second: DEFAULT_FRAMES_PER_SECOND,
+            max_frame_wait: std::time::Duration::from_millis(DEFAULT_MAX_FRAME_WAIT_MS),
             advertise_grpc: None,
             advertise_http: None,
             allowed_origins: crate::origin::AllowedOrigins::default(),

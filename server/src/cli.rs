@@ -61,6 +61,7 @@ impl Cli {
             liveness: self.node.liveness(),
             join_timeout: Duration::from_secs(10),
             ws_frames_per_sec: self.http.ws_frames_per_sec,
+            max_frame_wait: Duration::from_millis(self.http.max_frame_wait_ms),
             send_limit: self.chat.send_limit(),
             notify: self.chat.webhook(),
             group_max_members: self.chat.group_max_members,

@@ -35,6 +35,8 @@ pub struct AppConfig {
     pub join_timeout: Duration,
     /// Frames per second one WebSocket may send.
     pub ws_frames_per_sec: u32,
+    /// Longest a write command may wait at the edge before `unavailable`.
+    pub max_frame_wait: Duration,
     /// Messages one user may send per window (all sessions, all edges).
     pub send_limit: parley_chat::chat::SendLimit,
     /// Where offline members' notifications are POSTed, if anywhere.
@@ -146,6 +148,7 @@ impl App {
             liveness: config.liveness,
             join_timeout: config.join_timeout,
             frames_per_second: config.ws_frames_per_sec,
+            max_frame_wait: config.max_frame_wait,
             advertise_grpc: None,
             advertise_http: None,
             allowed_origins: config.allowed_origins.clone(),

@@ -2,10 +2,8 @@
 //! gRPC call to the service that owns it; errors become `error` frames with
 //! the frame's `ref`, and the connection stays usable.
 
+use super::intake::{Limiter, limiter};
 use crate::state::EdgeState;
-use governor::clock::DefaultClock;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
 use parley::ids::ConversationId;
 use parley::proto::change_group_request::Change as GroupChange;
 use parley::proto::{
@@ -16,54 +14,75 @@ use parley::proto::{
 use parley::protocol::{ClientFrame, conversation_json, decode, message_json, server};
 use parley::{ApiError, ErrorCode};
 use serde_json::json;
-use std::num::NonZeroU32;
-
-type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 
 /// Typing events are cheap for the sender and fan out to every member.
 const TYPING_PER_SECOND: u32 = 3;
 const TYPING_BURST: u32 = 6;
 
-fn limiter(per_second: u32, burst: u32) -> Limiter {
-    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+/// The refusal of a frame the edge will not queue: nothing was accepted,
+/// resend with the same `client_msg_id` after a pause.
+pub fn busy() -> ApiError {
+    ApiError::unavailable("server busy, resend")
 }
 
 /// The joined state of one connection.
 pub struct Connection {
     state: EdgeState,
     user: User,
-    frames: Limiter,
     typing: Limiter,
+}
+
+impl Handled {
+    fn answer(frame: String) -> Self {
+        Self {
+            frames: vec![frame],
+            shed: false,
+        }
+    }
+}
+
+/// What came of one frame.
+pub struct Handled {
+    /// The frames to write back, in order.
+    pub frames: Vec<String>,
+    /// It was a resendable command refused as late.
+    pub shed: bool,
 }
 
 impl Connection {
     pub fn new(state: EdgeState, user: User) -> Self {
-        let rate = state.config.frames_per_second;
         Self {
             state,
             user,
-            frames: limiter(rate, rate.saturating_mul(2)),
             typing: limiter(TYPING_PER_SECOND, TYPING_BURST),
         }
     }
 
-    /// Handles one text frame; answers the frames to write back, in order.
-    pub async fn handle(&mut self, text: &str) -> Vec<String> {
-        metrics::counter!("parley_edge_frames_received_total").increment(1);
+    /// Handles one text frame; `late` (see [`super::intake`]) refuses a
+    /// resendable command (send, edit, delete, react) with `unavailable`
+    /// without trying it.
+    pub async fn handle(&mut self, text: &str, late: bool) -> Handled {
         let envelope = match decode(text) {
             Ok(e) => e,
-            Err(bad) => return vec![server::error(bad.reference.as_deref(), &bad.error)],
+            Err(bad) => {
+                return Handled::answer(server::error(bad.reference.as_deref(), &bad.error));
+            }
         };
         let reference = envelope.reference.as_deref();
-        if self.frames.check().is_err() {
-            let err = ApiError::new(ErrorCode::RateLimited, "too many frames, slow down");
-            return vec![server::error(reference, &err)];
+        if late && envelope.frame.resendable() {
+            metrics::counter!("parley_edge_frames_shed_total").increment(1);
+            return Handled {
+                frames: vec![server::error(reference, &busy())],
+                shed: true,
+            };
         }
-        match self.dispatch(envelope.frame, reference).await {
+        let frames = match self.dispatch(envelope.frame, reference).await {
             Ok(frames) => frames,
             Err(e) => vec![server::error(reference, &e)],
+        };
+        Handled {
+            frames,
+            shed: false,
         }
     }
 

@@ -2,11 +2,13 @@
 //!
 //! - [`session`]: the connection's life: join within the deadline, then a
 //!   loop over incoming frames, pushed frames and the close signals.
+//! - [`intake`]: frames read and not yet handled: rate, bounds, lateness.
 //! - [`commands`]: one client frame → one gRPC call → ack or error.
 //! - [`heartbeat`]: vouches for this edge's sessions to presence-svc.
 
 pub mod commands;
 pub mod heartbeat;
+pub mod intake;
 pub mod session;
 
 use crate::http_error::HttpError;

@@ -1,15 +1,25 @@
 //! One WebSocket connection from upgrade to close.
 //!
 //! A single task owns the socket: it selects over the next client frame,
-//! the next pushed frame, a ping timer, the token's expiry and the close
-//! signals. Commands are handled one at a time, in order, so a client's
-//! acks arrive in the order it sent; pushed frames wait in the bounded
-//! outbox meanwhile. Every write has a deadline, so a client that stops
-//! reading cannot pin the task; a client that stops answering pings is
-//! dropped.
+//! the command being handled, the next pushed frame, a ping timer, the
+//! token's expiry and the close signals. It reads frames as they arrive
+//! into the connection's [`Intake`], which refuses at once what it will not
+//! queue, and handles them one at a time, in order, so a client's acks
+//! arrive in the order it sent. Pushed frames wait in the bounded outbox
+//! while a command runs (so the ack of a send reaches the sender before the
+//! echo of its message) and are written between commands.
+//!
+//! Every write has a deadline, so a client that stops reading cannot pin
+//! the task; a client that stops answering pings is dropped. Behind a proxy
+//! the proxy and the kernel buffer what a slow client does not read, so the
+//! socket never pushes back: after writing, the task sends a probe ping at
+//! most every [`PROBE_EVERY`], and a probe unanswered for [`SLOW_LIMIT`] (the
+//! client has not read what was written before it) closes the connection
+//! with 4008.
 
 use super::close;
-use super::commands::Connection;
+use super::commands::{Connection, Handled};
+use super::intake::Intake;
 use crate::sessions::SessionHandle;
 use crate::state::EdgeState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -20,6 +30,8 @@ use parley::proto::{
 };
 use parley::protocol::{ClientFrame, decode, server};
 use parley::time::now_ms;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
@@ -32,6 +44,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const PING_EVERY: Duration = Duration::from_secs(30);
 /// …and drops one it has heard nothing from (not even a pong) this long.
 const IDLE_LIMIT: Duration = Duration::from_secs(75);
+/// After a write, a probe ping goes out if none went out for this long…
+const PROBE_EVERY: Duration = Duration::from_secs(3);
+/// …and a probe unanswered this long means the client is not reading:
+/// closed with 4008, well within 15 s of it stopping.
+const SLOW_LIMIT: Duration = Duration::from_secs(10);
 
 pub async fn run(socket: WebSocket, state: EdgeState) {
     let session_id = new_session_id();
@@ -217,16 +234,8 @@ async fn serve_joined(mut socket: WebSocket, state: EdgeState, session_id: Strin
     let ending = if ok {
         let expires_in = u64::try_from(expires_at_ms.saturating_sub(now_ms())).unwrap_or(0);
         let expiry = Instant::now() + Duration::from_millis(expires_in);
-        let mut connection = Connection::new(state.clone(), user);
-        serve_frames(
-            &mut socket,
-            &state,
-            &mut connection,
-            &mut inbox,
-            &kick,
-            expiry,
-        )
-        .await
+        let connection = Connection::new(state.clone(), user);
+        serve_frames(&mut socket, &state, connection, &mut inbox, &kick, expiry).await
     } else {
         Ending::Dropped
     };
@@ -249,17 +258,121 @@ async fn serve_joined(mut socket: WebSocket, state: EdgeState, session_id: Strin
     tracing::debug!(clean, "closed");
 }
 
+/// The command being handled: it owns the connection while it runs and
+/// gives it back with its answer.
+type Handling = Pin<Box<dyn Future<Output = (Connection, Handled)> + Send>>;
+
+fn start(mut connection: Connection, text: Utf8Bytes, late: bool) -> Handling {
+    Box::pin(async move {
+        let handled = connection.handle(text.as_str(), late).await;
+        (connection, handled)
+    })
+}
+
+/// Waits for the command being handled, or forever when there is none.
+async fn finished(handling: &mut Option<Handling>) -> (Connection, Handled) {
+    match handling {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The probe pings of one connection (see the module docs).
+struct Probe {
+    /// The payload and send time of the probe not answered yet.
+    outstanding: Option<(u64, Instant)>,
+    last_sent: Instant,
+    next: u64,
+}
+
+impl Probe {
+    fn new() -> Self {
+        Self {
+            outstanding: None,
+            last_sent: Instant::now(),
+            next: 0,
+        }
+    }
+
+    /// The probe to send after a write, if one is due.
+    fn due(&mut self) -> Option<Message> {
+        if self.outstanding.is_some() || self.last_sent.elapsed() < PROBE_EVERY {
+            return None;
+        }
+        self.next += 1;
+        let now = Instant::now();
+        self.outstanding = Some((self.next, now));
+        self.last_sent = now;
+        Some(Message::Ping(self.next.to_be_bytes().to_vec().into()))
+    }
+
+    /// When the outstanding probe makes the client too slow.
+    fn deadline(&self) -> Option<Instant> {
+        self.outstanding.map(|(_, sent)| sent + SLOW_LIMIT)
+    }
+
+    fn answered(&mut self, payload: &[u8]) {
+        if self
+            .outstanding
+            .is_some_and(|(id, _)| payload == id.to_be_bytes().as_slice())
+        {
+            self.outstanding = None;
+        }
+    }
+}
+
+/// Writes `frames`, then a probe if one is due; false when the client is
+/// gone or too slow to take them.
+async fn write_all(
+    socket: &mut WebSocket,
+    probe: &mut Probe,
+    frames: impl IntoIterator<Item = Utf8Bytes>,
+) -> bool {
+    for frame in frames {
+        if !write(socket, Message::Text(frame)).await {
+            return false;
+        }
+    }
+    match probe.due() {
+        Some(ping) => write(socket, ping).await,
+        None => true,
+    }
+}
+
 async fn serve_frames(
     socket: &mut WebSocket,
     state: &EdgeState,
-    connection: &mut Connection,
+    connection: Connection,
     inbox: &mut mpsc::Receiver<Utf8Bytes>,
     kick: &Notify,
     expiry: Instant,
 ) -> Ending {
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = Instant::now();
+    let mut probe = Probe::new();
+    let mut intake = Intake::new(state.config.frames_per_second, state.config.max_frame_wait);
+    // The connection while no command runs; the command while one does.
+    let mut idle = Some(connection);
+    let mut handling: Option<Handling> = None;
     loop {
+        if handling.is_none() {
+            // Pushes that queued while the last command ran go out before
+            // the next command starts.
+            let mut pushed = Vec::new();
+            while let Ok(frame) = inbox.try_recv() {
+                pushed.push(frame);
+            }
+            if !pushed.is_empty() && !write_all(socket, &mut probe, pushed).await {
+                return Ending::Dropped;
+            }
+            if idle.is_some()
+                && let Some(next) = intake.pop()
+                && let Some(connection) = idle.take()
+            {
+                handling = Some(start(connection, next.text, next.late));
+            }
+        }
+        let slow_at = probe.deadline();
         tokio::select! {
             biased;
             () = state.shutdown.cancelled() => {
@@ -269,6 +382,12 @@ async fn serve_frames(
                 return Ending::Dropped;
             }
             () = kick.notified() => {
+                send_close(socket, close::TOO_SLOW, "too slow, reconnect and sync").await;
+                return Ending::Dropped;
+            }
+            () = sleep_until_some(slow_at) => {
+                metrics::counter!("parley_edge_slow_consumers_closed_total").increment(1);
+                tracing::debug!("closed: probe unanswered");
                 send_close(socket, close::TOO_SLOW, "too slow, reconnect and sync").await;
                 return Ending::Dropped;
             }
@@ -285,9 +404,17 @@ async fn serve_frames(
                     return Ending::Dropped;
                 }
             }
-            pushed = inbox.recv() => match pushed {
+            (connection, handled) = finished(&mut handling) => {
+                handling = None;
+                idle = Some(connection);
+                intake.handled(handled.shed);
+                if !write_all(socket, &mut probe, handled.frames.into_iter().map(Utf8Bytes::from)).await {
+                    return Ending::Dropped;
+                }
+            }
+            pushed = inbox.recv(), if handling.is_none() => match pushed {
                 Some(frame) => {
-                    if !write(socket, Message::Text(frame)).await {
+                    if !write_all(socket, &mut probe, [frame]).await {
                         return Ending::Dropped;
                     }
                 }
@@ -299,10 +426,10 @@ async fn serve_frames(
                 }
                 match incoming {
                     Some(Ok(Message::Text(text))) => {
-                        for frame in connection.handle(text.as_str()).await {
-                            if !write(socket, Message::Text(frame.into())).await {
-                                return Ending::Dropped;
-                            }
+                        if let Err(refusal) = intake.offer(text)
+                            && !write(socket, Message::Text(refusal)).await
+                        {
+                            return Ending::Dropped;
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
@@ -311,7 +438,8 @@ async fn serve_frames(
                             return Ending::Dropped;
                         }
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Pong(payload))) => probe.answered(&payload),
+                    Some(Ok(Message::Ping(_))) => {}
                     Some(Ok(Message::Close(_))) => {
                         finish_close(socket).await;
                         return Ending::Clean;
@@ -326,6 +454,14 @@ async fn serve_frames(
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

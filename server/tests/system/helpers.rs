@@ -79,6 +79,9 @@ pub fn test_config(dir: &std::path::Path) -> AppConfig {
         },
         join_timeout: Duration::from_millis(500),
         ws_frames_per_sec: parley_edge::state::DEFAULT_FRAMES_PER_SECOND,
+        // Tests of other things never shed: the suite runs many apps at once
+        // on a few cores, and a pipelined burst could wait past the default.
+        max_frame_wait: Duration::from_secs(10),
         send_limit: parley_chat::chat::SendLimit::default(),
         notify: None,
         group_max_members: parley_chat::groups::DEFAULT_MAX_MEMBERS,

@@ -18,6 +18,7 @@ mod messaging;
 mod notifications;
 mod operations;
 mod presence;
+mod pushback;
 mod restart;
 mod search;
 mod startup;
