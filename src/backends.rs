@@ -10,6 +10,7 @@
 
 use crate::bus::{EventBus, embedded::EmbeddedBus, kafka::KafkaBus};
 use crate::config::BackendConfig;
+use crate::registry::watch::Restarts;
 use crate::registry::{Registry, memory::MemoryRegistry, redis::RedisRegistry};
 use crate::store::{Store, embedded::EmbeddedStore, mongo::MongoStore};
 use std::sync::Arc;
@@ -20,6 +21,9 @@ pub struct Backends {
     pub bus: Arc<dyn EventBus>,
     pub registry: Arc<dyn Registry>,
     pub store: Arc<dyn Store>,
+    /// Wakes whoever must write the registry again after it lost its data
+    /// (instances, edges' sessions); one poller per process.
+    pub restarts: Restarts,
 }
 
 impl std::fmt::Debug for Backends {
@@ -110,10 +114,12 @@ impl Backends {
                     .map_err(|e| embedded("store", e.to_string()))?,
             ),
         };
+        let restarts = Restarts::watch(&registry);
         Ok(Self {
             bus,
             registry,
             store,
+            restarts,
         })
     }
 

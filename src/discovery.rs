@@ -14,6 +14,7 @@
 
 use crate::config::Liveness;
 use crate::error::ApiError;
+use crate::registry::watch::Restarts;
 use crate::registry::{Registry, ServiceEntry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -89,7 +90,7 @@ impl Discovery {
     }
 
     /// Live instances of `kind`, as listed in the registry at most
-    /// [`LIST_TTL`] ago.
+    /// [`LIST_TTL`] ago (an empty listing is read again on every call).
     pub async fn instances(&self, kind: &str) -> Result<Vec<ServiceEntry>, ApiError> {
         let poisoned = || ApiError::unavailable("discovery lock poisoned");
         if let Some((at, list)) = self.lists.lock().map_err(|_| poisoned())?.get(kind)
@@ -98,10 +99,15 @@ impl Discovery {
             return Ok(list.clone());
         }
         let list = self.registry.services(Some(kind)).await?;
-        self.lists
-            .lock()
-            .map_err(|_| poisoned())?
-            .insert(kind.to_owned(), (std::time::Instant::now(), list.clone()));
+        // An empty list is not kept: it is what a registry that just lost
+        // its data answers until instances register again (at once, see
+        // `announce`), and the next caller should see them as soon as they do.
+        if !list.is_empty() {
+            self.lists
+                .lock()
+                .map_err(|_| poisoned())?
+                .insert(kind.to_owned(), (std::time::Instant::now(), list.clone()));
+        }
         Ok(list)
     }
 
@@ -239,16 +245,21 @@ impl tower::Service<HttpRequest> for Routed {
 }
 
 /// Registers `entry` now (so callers find it as soon as this returns), then
-/// keeps it registered until `shutdown` and deregisters it. `load` is read
-/// at every heartbeat.
+/// keeps it registered until `shutdown` and deregisters it: every
+/// [`Liveness::service_heartbeat`], and at once when `restarts` says the
+/// registry lost its data (so callers find the instance again within
+/// [`crate::registry::watch::POLL`] of Redis answering, not at the next
+/// heartbeat). `load` is read at every heartbeat.
 pub async fn announce(
     registry: Arc<dyn Registry>,
+    restarts: Restarts,
     entry: ServiceEntry,
     liveness: Liveness,
     load: impl Fn() -> u64 + Send + 'static,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>, ApiError> {
     let mut entry = entry;
+    let mut restarts = restarts;
     entry.load = load();
     registry
         .register_service(&entry, liveness.service_ttl)
@@ -258,13 +269,18 @@ pub async fn announce(
         ticker.tick().await;
         loop {
             tokio::select! {
-                _ = ticker.tick() => {
-                    entry.load = load();
-                    if let Err(e) = registry.register_service(&entry, liveness.service_ttl).await {
-                        tracing::warn!(kind = %entry.kind, id = %entry.id, error = %e, "heartbeat failed");
-                    }
+                _ = ticker.tick() => {}
+                () = restarts.changed() => {
+                    tracing::info!(kind = %entry.kind, id = %entry.id, "registering again after the registry lost its data");
                 }
                 () = shutdown.cancelled() => break,
+            }
+            entry.load = load();
+            if let Err(e) = registry
+                .register_service(&entry, liveness.service_ttl)
+                .await
+            {
+                tracing::warn!(kind = %entry.kind, id = %entry.id, error = %e, "heartbeat failed");
             }
         }
         if let Err(e) = registry.deregister_service(&entry.kind, &entry.id).await {

@@ -136,6 +136,7 @@ impl Node {
         };
         let announcer = announce(
             backends.registry.clone(),
+            backends.restarts.clone(),
             entry,
             liveness,
             crate::grpc::in_flight,

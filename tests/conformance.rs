@@ -68,6 +68,8 @@ mod memory_registry_checks {
         sessions_count_refresh_and_expire,
         presence_is_kept_per_user,
         claims_are_exclusive,
+        claims_renew_only_for_their_holder,
+        epoch_is_stable_while_the_data_lives,
         rate_limits_hold_in_every_window
     );
 }
@@ -187,8 +189,39 @@ mod redis_registry_checks {
         sessions_count_refresh_and_expire,
         presence_is_kept_per_user,
         claims_are_exclusive,
+        claims_renew_only_for_their_holder,
+        epoch_is_stable_while_the_data_lives,
         rate_limits_hold_in_every_window
     );
+
+    /// The prefix's keys deleted behind the registry's back, as a Redis
+    /// restart without persistence (or a FLUSHALL) loses them; a restart of
+    /// the server itself is checked by the fault tests.
+    #[tokio::test]
+    async fn a_loss_of_data_changes_the_epoch_and_wakes_watchers() {
+        let Some(url) = real("REDIS_URL") else { return };
+        let prefix = random("test");
+        let registry = RedisRegistry::connect(&url, &prefix).await.unwrap();
+        registry::a_loss_of_data_changes_the_epoch_and_wakes_watchers(
+            Arc::new(registry) as Arc<dyn Registry>,
+            || async {
+                let client = redis::Client::open(url.as_str()).unwrap();
+                let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{prefix}:*"))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert!(!keys.is_empty(), "the registry wrote no keys");
+                let _: () = redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            },
+        )
+        .await;
+    }
 }
 
 mod mongo_store_checks {

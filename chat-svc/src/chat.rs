@@ -18,10 +18,20 @@ use std::time::Duration;
 /// only has to cover the time until the sequencer stores the message; from
 /// then on the store's unique index answers resends.
 const DEDUPE_TTL: Duration = Duration::from_secs(3600);
-/// How long a claim may stay "pending" (publish in flight). Longer than any
-/// publish takes; short, so a crash between claim and publish does not
-/// block retries for long.
-const PENDING_TTL: Duration = Duration::from_secs(30);
+/// A "pending" claim (publish in flight) is a lease: it lapses this long
+/// after its holder last renewed it, and the holder renews it every
+/// [`PENDING_RENEW`] while its publish is in flight (a Kafka publish may take
+/// up to `message.timeout.ms`, 10 s, while a broker is away). So a claim
+/// whose holder was killed between claim and settle stops blocking resends
+/// of the same `client_msg_id` within this much of the kill, not after the
+/// fixed 30 s it used to be held (issue 11: senders got `unavailable` for
+/// 30 s after a chat-svc kill). A live holder never loses it to a resend
+/// unless it cannot reach the registry for this long (see
+/// [`Chat::queue_once`]).
+const PENDING_LEASE: Duration = Duration::from_secs(3);
+/// How often the holder of a pending claim renews it: three times per
+/// lease, so one slow or lost renewal does not let it lapse.
+const PENDING_RENEW: Duration = Duration::from_secs(1);
 /// Default bound of the sequencers' backlog (see [`Chat::admit`]): at the
 /// embedded default's 1,500–2,000 messages per second on two cores, about a
 /// quarter of a second of work (measured with `parley-load flood`: with
@@ -326,16 +336,24 @@ impl Chat {
     /// earlier entry when the key was claimed and sent before (the caller
     /// checks the store first: the claim only has to cover the time until
     /// the sequencer stores the entry).
+    ///
+    /// While the publish is in flight the claim is a lease of
+    /// [`PENDING_LEASE`] renewed every [`PENDING_RENEW`], held by this
+    /// attempt alone (its value names the attempt's message id), so a
+    /// resend elsewhere is refused for as long as this instance lives and
+    /// takes the key over within [`PENDING_LEASE`] once it is killed. Only
+    /// an instance cut off from the registry for longer than the lease while
+    /// its publish still lands can let a resend publish a second copy; the
+    /// sequencer then stores the first one only (the store's unique
+    /// `(from, client_msg_id)` index), as after a registry restart.
     pub(crate) async fn queue_once(
         &self,
         entry: &ChatMessage,
     ) -> Result<Option<ChatMessage>, ApiError> {
         let claim_key = format!("dedupe:{}:{}", entry.from, entry.client_msg_id);
         let registry = &self.backends.registry;
-        if let Some(earlier) = registry
-            .claim(&claim_key, &encode_claim("pending", entry), PENDING_TTL)
-            .await?
-        {
+        let pending = encode_claim("pending", entry);
+        if let Some(earlier) = registry.claim(&claim_key, &pending, PENDING_LEASE).await? {
             // Acking a duplicate before the original is durable could ack an
             // entry that never exists: a pending original means "retry".
             let Some(earlier) = decode_claim(&earlier, entry) else {
@@ -347,16 +365,34 @@ impl Chat {
             return Ok(Some(earlier));
         }
         let event = chat_event::Event::MessageSent(entry.clone());
-        if let Err(e) = crate::sequencer::queue(self.backends.bus.as_ref(), event).await {
-            // Not durable, so not sent: let the client's retry claim again.
-            let _ = registry.release(&claim_key).await;
+        let publish = crate::sequencer::queue(self.backends.bus.as_ref(), event);
+        tokio::pin!(publish);
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::now() + PENDING_RENEW, PENDING_RENEW);
+        let published = loop {
+            tokio::select! {
+                result = &mut publish => break result,
+                _ = renew.tick() => match registry.renew_if(&claim_key, &pending, PENDING_LEASE).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(
+                        key = %claim_key,
+                        "a pending dedupe claim lapsed while its publish was in flight; a resend may publish a second copy (the store keeps one)"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "cannot renew a pending dedupe claim"),
+                },
+            }
+        };
+        if let Err(e) = published {
+            // Not durable, so not sent: let the client's retry claim again
+            // (unless the claim lapsed and is another attempt's by now).
+            let _ = registry.release_if(&claim_key, &pending).await;
             return Err(e.into());
         }
         if let Err(e) = registry
             .settle(&claim_key, &encode_claim("sent", entry), DEDUPE_TTL)
             .await
         {
-            // The entry is durable; a resend within PENDING_TTL is asked
+            // The entry is durable; a resend within PENDING_LEASE is asked
             // to retry, after it the store's index answers.
             tracing::warn!(error = %e, "cannot mark dedupe claim as sent");
         }

@@ -68,13 +68,18 @@ pub async fn serve(
     let sessions = state.sessions.clone();
     let announcer = announce(
         backends.registry.clone(),
+        backends.restarts.clone(),
         entry,
         state.config.liveness,
         move || sessions.len() as u64,
         shutdown.clone(),
     )
     .await?;
-    let heartbeat = tokio::spawn(ws::heartbeat::run(state.clone(), shutdown.clone()));
+    let heartbeat = tokio::spawn(ws::heartbeat::run(
+        state.clone(),
+        backends.restarts.clone(),
+        shutdown.clone(),
+    ));
     let routes = tonic::service::Routes::new(deliver::server(state.sessions.clone()));
     let grpc_server = tokio::spawn(parley::grpc::serve(
         grpc,

@@ -107,6 +107,7 @@ impl App {
             tasks.push(
                 announce(
                     backends.registry.clone(),
+                    backends.restarts.clone(),
                     entry,
                     config.liveness,
                     parley::grpc::in_flight,

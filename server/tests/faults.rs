@@ -239,18 +239,18 @@ async fn mongo_wire_stopped_mid_run_loses_no_acked_message() {
     outage("ferretdb").await;
 }
 
+/// Issue 11: after Redis restarts empty, a connected recipient gets live
+/// pushes again within 2 s of Redis answering, without reconnecting, and
+/// sends are acked. The default TTLs are kept (instances heartbeat every
+/// 5 s, edges vouch for sessions every 20 s), so only the re-registration
+/// on noticing the restart can meet that.
 #[tokio::test]
 async fn sessions_and_presence_rebuild_after_a_redis_restart() {
     if !real_engines("this fault test") {
         return;
     }
     let _serial = SERIAL.lock().await;
-    // Short TTLs so heartbeats come every second.
-    let app = spawn_app_with(|c| {
-        c.liveness.service_ttl = Duration::from_secs(3);
-        c.liveness.session_ttl = Duration::from_secs(3);
-    })
-    .await;
+    let app = spawn_app().await;
     let alice = app.register("alice").await;
     let bob = app.register("bob").await;
     let mut a = app.connect(&alice).await;
@@ -264,33 +264,45 @@ async fn sessions_and_presence_rebuild_after_a_redis_restart() {
 
     let _restart = Restart("redis");
     stop("redis").await;
-    infra(&["up", "redis"]).await; // empty: no persistence
+    infra(&["up", "redis"]).await; // empty: no persistence; returns once Redis answers
+    let back = std::time::Instant::now();
 
-    // Without reconnecting, bob gets live pushes again once the edge's
-    // heartbeat has put his session back.
-    let mut pushed = false;
-    for n in 0..20 {
+    // Without reconnecting, bob gets a live push again. Each attempt is a
+    // new message; one acked while bob's session was still missing is
+    // stored but not pushed, so the next one is tried.
+    let mut pushed = None;
+    let mut refused = 0;
+    for n in 0..200 {
         let reply = a
             .request(json!({"type": "send_message", "to": bob.id, "client_msg_id": format!("after-{n}"), "body": "after"}), &format!("r{n}"))
             .await;
         if reply["type"] != "ack" {
             assert_retryable(&reply);
-            a.next_where_within(Duration::from_millis(500), |_| false)
-                .await;
+            refused += 1;
+            // Retry pacing, as a client backs off; not a synchronisation.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
         let id = reply["message"]["id"].clone();
-        if b.next_where_within(Duration::from_secs(2), |v| {
+        if b.next_where_within(Duration::from_millis(300), |v| {
             v["type"] == "new_message" && v["message"]["id"] == id
         })
         .await
         .is_some()
         {
-            pushed = true;
+            pushed = Some(back.elapsed());
             break;
         }
     }
-    assert!(pushed, "bob's session never came back into the registry");
+    let pushed = pushed.expect("bob's session never came back into the registry");
+    eprintln!(
+        "REDIS_RESTART push_after_ms={} refused={refused}",
+        pushed.as_millis()
+    );
+    assert!(
+        pushed <= Duration::from_secs(2),
+        "the first live push came {pushed:?} after Redis answered again (goal: 2 s)"
+    );
 
     // And bob shows online again to alice.
     let mut online = false;

@@ -7,7 +7,9 @@
 //! - Consumers: one rdkafka consumer per subscription, in the given group,
 //!   auto-commit off, offsets committed by [`Subscription::commit`] after
 //!   processing (at-least-once). `fetch.wait.max.ms=10` keeps an idle
-//!   partition's next record from waiting for the 500 ms default.
+//!   partition's next record from waiting for the 500 ms default. A dead
+//!   member is noticed after [`SESSION_TIMEOUT_MS`] (1.5 s; the broker must
+//!   allow it, see there).
 //! - Topics are `<prefix><name>` (the prefix isolates test runs) and are
 //!   created at start-up with the configured partition count.
 
@@ -32,6 +34,26 @@ use std::time::Duration;
 /// at once ([`BusError::Overloaded`]) rather than waiting for room; the
 /// broker's own ack still has `message.timeout.ms` (10 s).
 const PRODUCER_QUEUE: usize = 10_000;
+
+/// How long the group coordinator waits for a consumer's heartbeat
+/// before it declares it dead and hands its partitions to the others
+/// (`session.timeout.ms`). A killed chat-svc's partitions stall about this
+/// long plus one [`HEARTBEAT_INTERVAL_MS`] and a rebalance; at librdkafka's
+/// 45 s default (and the 10 s used before issue 11) that was the longest
+/// delivery stall of a kill. 1.5 s keeps it under the 3 s goal. Heartbeats
+/// come from librdkafka's own thread, not the runtime, so a busy process
+/// does not miss them; a false expiry costs a rebalance and a replay, never
+/// a record. The broker refuses session timeouts below its
+/// `group.min.session.timeout.ms` (6 s by default): `scripts/infra` and
+/// `docker-compose.yml` set it to 1 s; a broker configured otherwise fails
+/// the group join with `INVALID_SESSION_TIMEOUT`.
+pub const SESSION_TIMEOUT_MS: u32 = 1500;
+
+/// How often a consumer heartbeats its group coordinator
+/// (`heartbeat.interval.ms`): five per session timeout, so one late or lost
+/// heartbeat is not an expiry, and a member learns of a rebalance (a peer
+/// expired) within this long.
+pub const HEARTBEAT_INTERVAL_MS: u32 = 300;
 
 /// One background view of a consumer lag: `None` until first measured.
 type LagView = Arc<Mutex<Option<u64>>>;
@@ -265,8 +287,8 @@ impl EventBus for KafkaBus {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", "10")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
+            .set("session.timeout.ms", SESSION_TIMEOUT_MS.to_string())
+            .set("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS.to_string())
             // Also the rebalance timeout: how long a join waits for members
             // that will never come back (e.g. this consumer's own previous
             // member id after a broker restart). The 300 s default stalls a

@@ -176,6 +176,104 @@ pub async fn claims_are_exclusive(registry: Arc<dyn Registry>) {
     .await;
 }
 
+/// A claim renewed by its holder is a lease: it outlives its first TTL for
+/// as long as the holder renews it, no one else can renew it, and once the
+/// holder stops it lapses and the key can be claimed again (a chat-svc
+/// killed with a publish in flight must not block resends for long).
+pub async fn claims_renew_only_for_their_holder(registry: Arc<dyn Registry>) {
+    let key = unique("lease");
+    let lease = Duration::from_millis(600);
+    assert_eq!(registry.claim(&key, "holder", lease).await.unwrap(), None);
+    // Renewed past three first TTLs: still held.
+    let until = tokio::time::Instant::now() + lease * 3;
+    while tokio::time::Instant::now() < until {
+        assert!(registry.renew_if(&key, "holder", lease).await.unwrap());
+        assert!(!registry.renew_if(&key, "other", lease).await.unwrap());
+        tokio::time::sleep(lease / 4).await;
+    }
+    assert_eq!(
+        registry
+            .claim(&key, "resend", lease)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("holder")
+    );
+    // The holder stops renewing: the claim lapses and goes to a resend,
+    // which the old holder cannot renew or bring back.
+    eventually("an unrenewed lease lapses", || async {
+        registry
+            .claim(&key, "resend", lease)
+            .await
+            .unwrap()
+            .is_none()
+    })
+    .await;
+    assert!(!registry.renew_if(&key, "holder", lease).await.unwrap());
+    assert!(registry.renew_if(&key, "resend", lease).await.unwrap());
+    // A renewal never creates a claim that is not there.
+    let absent = unique("lease");
+    assert!(!registry.renew_if(&absent, "holder", lease).await.unwrap());
+    assert_eq!(registry.claim(&absent, "first", lease).await.unwrap(), None);
+}
+
+/// The epoch stays the same while the registry keeps its data, and a
+/// watcher of it stays quiet.
+pub async fn epoch_is_stable_while_the_data_lives(registry: Arc<dyn Registry>) {
+    let mut restarts = crate::registry::watch::Restarts::watch(&registry);
+    let first = registry.epoch().await.unwrap();
+    assert!(!first.is_empty());
+    registry
+        .register_service(&entry(&unique("kind"), "a"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(crate::registry::watch::POLL).await;
+        assert_eq!(registry.epoch().await.unwrap(), first);
+    }
+    assert!(
+        tokio::time::timeout(crate::registry::watch::POLL * 3, restarts.changed())
+            .await
+            .is_err(),
+        "a registry that kept its data was reported restarted"
+    );
+    assert_eq!(restarts.count(), 0);
+}
+
+/// Once the registry's data is lost (`lose_data`: a wipe or a restart of
+/// the server), the epoch is another and watchers are woken within a poll
+/// or two, so instances and sessions can be written again at once.
+pub async fn a_loss_of_data_changes_the_epoch_and_wakes_watchers<F, Fut>(
+    registry: Arc<dyn Registry>,
+    lose_data: F,
+) where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut restarts = crate::registry::watch::Restarts::watch(&registry);
+    let before = registry.epoch().await.unwrap();
+    // Let the watcher read the epoch before the loss.
+    tokio::time::sleep(crate::registry::watch::POLL * 2).await;
+    lose_data().await;
+    let lost_at = tokio::time::Instant::now();
+    tokio::time::timeout(super::PATIENCE, restarts.changed())
+        .await
+        .expect("the watcher never noticed the loss of data");
+    let noticed = lost_at.elapsed();
+    assert!(
+        noticed <= crate::registry::watch::POLL * 3,
+        "noticed {noticed:?} after the loss"
+    );
+    assert_eq!(restarts.count(), 1);
+    let after = registry.epoch().await.unwrap();
+    assert_ne!(after, before);
+    assert_eq!(
+        registry.epoch().await.unwrap(),
+        after,
+        "the new epoch holds"
+    );
+}
+
 /// A rate limit admits at most `limit` events in every window of its
 /// period, also in one that straddles a whole multiple of the period
 /// (where a fixed window aligned to the clock starts again and admits a

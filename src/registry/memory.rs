@@ -22,6 +22,9 @@ pub struct MemoryRegistry {
     /// Rate limits count milliseconds from here (a monotonic clock: a
     /// wall-clock step must not refill or empty every bucket).
     origin: Instant,
+    /// This registry's data lives exactly as long as the value: its epoch
+    /// never changes.
+    epoch: String,
 }
 
 impl Default for MemoryRegistry {
@@ -29,6 +32,7 @@ impl Default for MemoryRegistry {
         Self {
             state: Mutex::default(),
             origin: Instant::now(),
+            epoch: crate::ids::new_session_id(),
         }
     }
 }
@@ -238,6 +242,18 @@ impl Registry for MemoryRegistry {
         Ok(())
     }
 
+    async fn renew_if(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, RegistryError> {
+        let now = Instant::now();
+        let mut state = self.lock()?;
+        match state.claims.get_mut(key) {
+            Some((held, expiry)) if held == value && *expiry > now => {
+                *expiry = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn release(&self, key: &str) -> Result<(), RegistryError> {
         self.lock()?.claims.remove(key);
         Ok(())
@@ -279,5 +295,9 @@ impl Registry for MemoryRegistry {
 
     async fn ping(&self) -> Result<(), RegistryError> {
         self.lock().map(|_| ())
+    }
+
+    async fn epoch(&self) -> Result<String, RegistryError> {
+        Ok(self.epoch.clone())
     }
 }

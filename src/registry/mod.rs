@@ -7,6 +7,7 @@
 pub mod memory;
 pub mod rate;
 pub mod redis;
+pub mod watch;
 
 pub use rate::Decision;
 
@@ -105,6 +106,11 @@ pub trait Registry: Send + Sync + 'static {
     ) -> Result<Option<String>, RegistryError>;
     /// Replaces the value of a claim (held or not) and its TTL.
     async fn settle(&self, key: &str, value: &str, ttl: Duration) -> Result<(), RegistryError>;
+    /// Extends a claim to `ttl` from now only while it still holds `value`
+    /// (compare and extend, atomically): a lease kept alive by its holder
+    /// and by no one else. A claim that expired or changed hands is not
+    /// brought back. Answers whether it was extended.
+    async fn renew_if(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, RegistryError>;
     /// Drops a claim, so a failed operation can be retried.
     async fn release(&self, key: &str) -> Result<(), RegistryError>;
     /// Drops a claim only while it still holds `value`: a lock released by
@@ -125,4 +131,11 @@ pub trait Registry: Send + Sync + 'static {
     ) -> Result<Decision, RegistryError>;
 
     async fn ping(&self) -> Result<(), RegistryError>;
+
+    /// Names the registry's current lifetime of data: the same answer for
+    /// as long as what was written to it is kept, a different one once it
+    /// may have been lost (Redis restarted: a new `run_id`; or its keys
+    /// wiped). Instances and edges compare it to re-register at once
+    /// instead of at their next heartbeat (see [`watch`]).
+    async fn epoch(&self) -> Result<String, RegistryError>;
 }

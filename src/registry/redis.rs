@@ -10,6 +10,9 @@
 //!   session closed recently, so a racing heartbeat cannot bring it back.
 //! - `P:pres:<user>` `status|last_seen_ms`; `P:present` the users not offline.
 //! - `P:claim:<key>` idempotency claims (SET NX GET PX).
+//! - `P:epoch` a random value written once (SET NX) and never expiring:
+//!   with Redis's `run_id` it makes [`Registry::epoch`], which changes when
+//!   Redis restarts or the keys are wiped.
 //! - `P:rate:<key>` the theoretical arrival time of a rate limit (GCRA, ms
 //!   of Redis's clock), expiring when it passes.
 //!
@@ -416,6 +419,23 @@ impl Registry for RedisRegistry {
             .map_err(unavailable)
     }
 
+    async fn renew_if(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, RegistryError> {
+        // Compare and extend in one step, on the server.
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+               return redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
+             else return 0 end",
+        );
+        let renewed: i64 = script
+            .key(self.key(&["claim", key]))
+            .arg(value)
+            .arg(ms(ttl))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(renewed == 1)
+    }
+
     async fn release(&self, key: &str) -> Result<(), RegistryError> {
         redis::cmd("DEL")
             .arg(self.key(&["claim", key]))
@@ -469,5 +489,31 @@ impl Registry for RedisRegistry {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+
+    async fn epoch(&self) -> Result<String, RegistryError> {
+        // The marker tells a wipe (FLUSHALL, a key eviction) that keeps the
+        // server; run_id a restart, also one that reloaded a snapshot with
+        // the marker in it (the snapshot misses what came after it).
+        let fresh = crate::ids::new_session_id();
+        let (held, info): (Option<String>, String) = redis::pipe()
+            .cmd("SET")
+            .arg(self.key(&["epoch"]))
+            .arg(&fresh)
+            .arg("NX")
+            .arg("GET")
+            .cmd("INFO")
+            .arg("server")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let run_id = info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .unwrap_or_default()
+            .trim();
+        // None: there was no marker and this call wrote `fresh`.
+        let marker = held.unwrap_or(fresh);
+        Ok(format!("{run_id}/{marker}"))
     }
 }
