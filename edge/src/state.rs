@@ -15,7 +15,7 @@ pub const DEFAULT_FRAMES_PER_SECOND: u32 = 30;
 /// before it is handled; past it the edge answers `unavailable` at once
 /// instead of adding to an overloaded server's latency (see
 /// `ws::session`). Milliseconds.
-pub const DEFAULT_MAX_FRAME_WAIT_MS: u64 = 500;
+pub const DEFAULT_MAX_FRAME_WAIT_MS: u64 = 250;
 
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
