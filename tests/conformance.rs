@@ -93,7 +93,6 @@ mod embedded_store_checks {
         first_messages_race,
         search_finds_messages_in_given_conversations,
         groups_change_atomically,
-        concurrent_group_changes_keep_the_limit,
         one_user_starts_conversations_at_once,
         message_changes_apply_in_place
     );
@@ -249,6 +248,7 @@ mod mongo_store_checks {
         first_messages_race,
         search_finds_messages_in_given_conversations,
         groups_change_atomically,
+        one_user_starts_conversations_at_once,
         message_changes_apply_in_place
     );
 

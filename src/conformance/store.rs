@@ -230,12 +230,13 @@ pub async fn first_messages_race(store: Arc<dyn Store>) {
     }
 }
 
-/// One user starts several conversations at the same moment: each one is
-/// listed. (Embedded only: on FerretDB 1.x two `$addToSet` on one document
-/// can lose one, which MongoDB does not; see the README.)
+/// One user starts many conversations at the same moment: each one is
+/// listed, and the user counts as a member of each. (On FerretDB 1.x two
+/// concurrent updates of one document lose one, so memberships are kept
+/// where no document has two writers: `store/mongo/memberships.rs`.)
 pub async fn one_user_starts_conversations_at_once(store: Arc<dyn Store>) {
     let a = unique("a");
-    let peers: Vec<(String, String)> = (0..6).map(|_| (unique("c"), unique("p"))).collect();
+    let peers: Vec<(String, String)> = (0..24).map(|_| (unique("c"), unique("p"))).collect();
     let starts = peers
         .iter()
         .map(|(id, peer)| store.ensure_direct(id, &a, peer, 1));
@@ -250,6 +251,10 @@ pub async fn one_user_starts_conversations_at_once(store: Arc<dyn Store>) {
         .map(|k| k.id)
         .collect();
     listed.sort();
+    for (id, peer) in &peers {
+        assert!(store.is_member(id, &a).await.unwrap(), "{a} in {id}");
+        assert!(store.is_member(id, peer).await.unwrap(), "{peer} in {id}");
+    }
     let mut expected: Vec<String> = peers.into_iter().map(|(id, _)| id).collect();
     expected.sort();
     assert_eq!(listed, expected);

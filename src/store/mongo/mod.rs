@@ -1,5 +1,5 @@
 //! The store on MongoDB (and MongoDB-wire servers such as FerretDB 1.x, so
-//! only plain CRUD, unique indexes and `$max`/`$setOnInsert`/`$addToSet`
+//! only plain CRUD, unique indexes and `$max`/`$setOnInsert`/`$set`
 //! updates are used: no transactions, no change streams, no aggregation).
 //!
 //! Every hot-path read is a point lookup by `_id`. FerretDB 1.x on SQLite
@@ -19,8 +19,9 @@
 //!   matched by it (compare-and-set), since there are no transactions.
 //! - `conversations`: kind, name and members (written only under the
 //!   group lock); `seqs`: `_id` = conversation → `last_seq` (written only by
-//!   the partition owner; see `raise_last_seq`); `memberships`: `_id` = user
-//!   → the conversation ids the user is in; `cursors`: `_id` =
+//!   the partition owner; see `raise_last_seq`); `member_slots` and
+//!   `member_of`: the conversations a user is in (see [`memberships`]: no
+//!   document there has two concurrent writers); `cursors`: `_id` =
 //!   `<conversation>` → `d.<user>` and `r.<user>`, the delivered and read
 //!   seqs of every member, so a run of a group's receipts is one write.
 //! - `users` (unique `username_lower`, unique `email`) and `user_keys`:
@@ -47,6 +48,8 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use std::collections::{BTreeSet, HashMap};
+
+mod memberships;
 
 /// Point lookups in flight at once for one call (the driver's pool holds
 /// ten connections by default).
@@ -413,44 +416,6 @@ impl MongoStore {
         Ok(conversations)
     }
 
-    /// The conversation ids in `user`'s membership list (which may name a
-    /// conversation that does not, or no longer, name the user).
-    async fn membership_ids(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        let Some(membership) = self.by_id("memberships", user).await? else {
-            return Ok(Vec::new());
-        };
-        Ok(membership
-            .get_array("conversations")
-            .map_err(|_| corrupt("membership without conversations"))?
-            .iter()
-            .filter_map(|c| c.as_str().map(str::to_owned))
-            .collect())
-    }
-
-    /// Adds `conversation` to each user's membership list, a few at a
-    /// time. Written before the conversation names them: a membership the
-    /// conversation does not confirm is ignored by every reader.
-    async fn add_memberships(
-        &self,
-        users: &[String],
-        conversation: &str,
-    ) -> Result<(), StoreError> {
-        // Owned items: a stream of borrows trips the async-trait futures'
-        // lifetime inference.
-        stream::iter(users.to_vec())
-            .map(|member| async move {
-                self.upsert_by_id(
-                    "memberships",
-                    &member,
-                    doc! {"$addToSet": {"conversations": conversation}},
-                )
-                .await
-            })
-            .buffer_unordered(LOOKUPS_IN_FLIGHT)
-            .try_collect::<()>()
-            .await
-    }
-
     /// The conversation documents `user` is a member of.
     async fn conversation_docs_of(&self, user: &str) -> Result<Vec<Document>, StoreError> {
         let ids = self.membership_ids(user).await?;
@@ -807,11 +772,7 @@ impl Store for MongoStore {
             // pull is ignored by every reader (the group does not name the
             // user), so it must not fail the change.
             for member in &removed {
-                if let Err(e) = self
-                    .coll("memberships")
-                    .update_one(doc! {"_id": member}, doc! {"$pull": {"conversations": id}})
-                    .await
-                {
+                if let Err(e) = self.remove_membership(member, id).await {
                     tracing::warn!(error = %e, %member, group = %id, "stale membership left behind");
                 }
             }
@@ -833,11 +794,7 @@ impl Store for MongoStore {
         // benchmark). It may say yes a moment longer than the group (a
         // removal updates the group first); the sequencer checks receipts
         // against the group itself.
-        Ok(self
-            .membership_ids(user)
-            .await?
-            .iter()
-            .any(|c| c == conversation))
+        self.membership_says(user, conversation).await
     }
 
     async fn message_by_id(
