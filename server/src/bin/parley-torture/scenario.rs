@@ -247,6 +247,11 @@ async fn one(args: &Args, scenario: Scenario) -> anyhow::Result<(String, bool)> 
     if f.fault_to == 0 {
         f.fault_to = shared.now_us();
     }
+    // Whatever a failed step left down comes back before the next scenario
+    // (`start` of a running process does nothing).
+    for id in ["chat-1", "chat-2", "edge-1", "edge-2"] {
+        cluster(args, "start", id, &mut failures).await;
+    }
     tokio::time::sleep(SETTLE).await;
     let settled = shared.now_us();
     if let Some(s) = storm {
@@ -311,7 +316,7 @@ async fn one(args: &Args, scenario: Scenario) -> anyhow::Result<(String, bool)> 
         refusals(&report.counters.refusals),
         report.counters.reconnects,
         report.counters.connect_failures,
-        (f.fault_to - f.fault_from) as f64 / 1e6,
+        f.fault_to.saturating_sub(f.fault_from) as f64 / 1e6,
         began.elapsed().as_secs_f64(),
     )?;
     if let Some(goal) = f.p99_ratio_goal
@@ -396,7 +401,7 @@ async fn edge_kill(
     // The clients of edge-1 drop, then come back through edge-2.
     let fell = storm.fell_below(all, Duration::from_secs(5)).await;
     let back = storm.reached(all, Duration::from_secs(30)).await;
-    let back_ms = (shared.now_us() - killed) / 1000;
+    let back_ms = shared.now_us().saturating_sub(killed) / 1000;
     tokio::time::sleep(Duration::from_millis(args.outage_ms)).await;
     cluster(args, "start", "edge-1", failures).await;
     let (n502, _) = storm.http502(&[]);
@@ -541,19 +546,21 @@ async fn slow_readers(
     // The counters live in other processes: polled, every 200 ms.
     while tokio::time::Instant::now() < deadline {
         if slow::closed_total(&http, &args.edge_url).await >= before + n as u64 {
-            closed_ms = Some((shared.now_us() - stopped) / 1000);
+            closed_ms = Some(shared.now_us().saturating_sub(stopped) / 1000);
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The window lasts at least as long as the slow readers' goal.
     let window = Duration::from_millis(SLOW_CLOSE_MS);
-    let elapsed = Duration::from_micros(shared.now_us() - stopped);
+    let elapsed = Duration::from_micros(shared.now_us().saturating_sub(stopped));
     if elapsed < window {
         tokio::time::sleep(window - elapsed).await;
     }
     f.fault_to = shared.now_us();
-    let closed_total = slow::closed_total(&http, &args.edge_url).await - before;
+    let closed_total = slow::closed_total(&http, &args.edge_url)
+        .await
+        .saturating_sub(before);
     let with_4008 = slow.closed_as_slow(Duration::from_secs(30)).await;
     let _ = write!(
         f.text,
