@@ -15,5 +15,6 @@ mod harness;
 
 mod cross_node;
 mod failover;
+mod fault_suite;
 mod groups;
 mod grpcurl;

@@ -7,7 +7,7 @@
 //! it receives by message id. It also edits, deletes and reacts to some
 //! acked messages, and writes everything to the ledger.
 
-use crate::ledger::{ChangeKind, ChangeRecord, DeviceView, Key, SendRecord, Shared};
+use crate::ledger::{ChangeKind, ChangeRecord, Delivery, DeviceView, Key, SendRecord, Shared};
 use crate::world::World;
 use futures::{SinkExt, StreamExt};
 use parley_server::client::{Socket, join_with};
@@ -186,6 +186,7 @@ impl Device {
     pub async fn run(mut self) -> DeviceView {
         let mut first = true;
         let mut backoff = Duration::from_millis(50);
+        let mut connected_at_stop = false;
         loop {
             if matches!(*self.ctx.phase.borrow(), Phase::Stop) {
                 break;
@@ -220,8 +221,25 @@ impl Device {
             }
             first = false;
             if let Ended::Stop = self.session(ws).await {
+                connected_at_stop = true;
                 break;
             }
+        }
+        if let Some((m, c)) = &self.missing
+            && (!m.is_empty() || !c.is_empty())
+        {
+            // What the checker will count as undelivered, with what this
+            // device went through, to tell a stuck client from a server
+            // that does not deliver.
+            eprintln!(
+                "device {} incomplete at the end: {} messages and {} changes missing, {} syncs, sync pending: {}, {} unanswered operations, connected: {connected_at_stop}",
+                self.ctx.index,
+                m.len(),
+                c.len(),
+                self.syncs,
+                self.sync_ref.is_some(),
+                self.ops.len()
+            );
         }
         self.view
     }
@@ -719,6 +737,13 @@ impl Device {
             {
                 let now = self.ctx.shared.now_us();
                 self.view.latencies_us.push(now.saturating_sub(sent));
+                if let Some(&c) = self.ctx.world.by_id.get(conversation) {
+                    self.view.deliveries.push(Delivery {
+                        at_us: now,
+                        sent_us: sent,
+                        conversation: c,
+                    });
+                }
             }
         }
         if first && running && self.ctx.settings.changes && !m["deleted"].as_bool().unwrap_or(false)

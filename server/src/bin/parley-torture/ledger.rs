@@ -178,4 +178,19 @@ pub struct DeviceView {
     pub contiguous: HashMap<String, u64>,
     /// Send → first delivery here of other members' messages, in µs.
     pub latencies_us: Vec<u64>,
+    /// The same deliveries with their times, for the fault suite's stall,
+    /// resume and per-window percentile figures.
+    pub deliveries: Vec<Delivery>,
+}
+
+/// One first delivery of another member's message to a device, while the
+/// run was still sending.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    /// When it arrived, µs of the run's clock.
+    pub at_us: u64,
+    /// When the accepted attempt was sent, µs of the run's clock.
+    pub sent_us: u64,
+    /// Index into [`crate::world::World::conversations`].
+    pub conversation: usize,
 }

@@ -27,6 +27,10 @@ mod fault;
 mod ledger;
 mod overload;
 mod run;
+mod scenario;
+mod slow;
+mod storm;
+mod timeline;
 mod world;
 
 use clap::{Parser, ValueEnum};
@@ -44,6 +48,9 @@ pub enum Mode {
     Cluster,
     /// A spawned `parley` under an open-loop offered rate, no faults.
     Overload,
+    /// The fault suite of issue 11 on a running `scripts/cluster`
+    /// (`--scenario`, see `scenario`).
+    Faults,
 }
 
 /// Overload's offered rate.
@@ -138,6 +145,32 @@ pub struct Args {
     pub infra: PathBuf,
     #[arg(long, env = "PARLEY_CLUSTER_SCRIPT", default_value = "scripts/cluster")]
     pub cluster_script: PathBuf,
+    /// Faults mode: the scenarios to run, in order (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub scenario: Vec<scenario::Scenario>,
+    /// Faults mode: light WebSocket clients of the reconnect storm.
+    #[arg(long, default_value_t = 1000)]
+    pub storm_clients: usize,
+    /// Faults mode: seconds of load before each fault, the baseline of the
+    /// p99 comparison (also the pause between repeated faults, at least 5).
+    #[arg(long, default_value_t = 10)]
+    pub baseline_secs: u64,
+    /// Faults mode: seconds of the soak.
+    #[arg(long, default_value_t = 60)]
+    pub soak_secs: u64,
+    /// Faults mode: kill -9 of a chat-svc this many times.
+    #[arg(long, default_value_t = 3)]
+    pub kills: u32,
+    /// Faults mode: clients that stop reading.
+    #[arg(long, default_value_t = 3)]
+    pub slow_readers: usize,
+    /// Faults mode: the edges, read directly for their `/metrics`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:3001,http://127.0.0.1:3002"
+    )]
+    pub edge_url: Vec<String>,
     /// Give up after this many seconds, whatever the progress.
     #[arg(long, default_value_t = 900)]
     pub deadline_secs: u64,
@@ -150,7 +183,13 @@ async fn main() -> anyhow::Result<()> {
     // Interrupted, the run is dropped, and with it the spawned server
     // (killed on drop), before the process exits.
     let clean = tokio::select! {
-        outcome = tokio::time::timeout(deadline, run::run(args)) => {
+        outcome = tokio::time::timeout(deadline, async {
+            if args.mode == Mode::Faults {
+                scenario::run(args).await
+            } else {
+                run::run(args).await
+            }
+        }) => {
             outcome.map_err(|_| anyhow::anyhow!("deadline reached"))??
         }
         _ = parley::node::shutdown_signal() => anyhow::bail!("interrupted"),

@@ -54,7 +54,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         })
         .max(1);
     let mut rng = Rng(seed);
-    let spawned = args.mode != Mode::Cluster;
+    let spawned = !matches!(args.mode, Mode::Cluster | Mode::Faults);
     let run_id = format!("tt{}x{}", std::process::id() % 100_000, seed % 10_000);
     let own_dir = args.data_dir.is_none();
     let data_dir = args
@@ -163,7 +163,7 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
             )
             .await?;
         }
-        Mode::Cluster => inject_cluster(&args, &shared, &mut rng, &mut faults).await,
+        Mode::Cluster | Mode::Faults => inject_cluster(&args, &shared, &mut rng, &mut faults).await,
         Mode::Overload => tokio::time::sleep(Duration::from_secs(args.duration_secs)).await,
     }
     let offered_secs = offered_for.elapsed().as_secs_f64();
@@ -181,56 +181,16 @@ pub async fn run(args: Args) -> anyhow::Result<bool> {
         (l.counters.offered - offered_before, acked)
     };
 
-    // Quiesce: nothing new, finish what is outstanding, then sync to the end.
-    phase_tx.send_replace(Phase::Draining);
-    let drained = await_news(
-        &mut news_rx,
-        devices,
-        Milestone::Drained,
-        Duration::from_secs(120),
-    )
-    .await;
-    let expected = expected(&world, &shared);
-    phase_tx.send_replace(Phase::Final(Arc::new(expected)));
-    let complete = await_news(
-        &mut news_rx,
-        devices,
-        Milestone::Complete,
-        Duration::from_secs(60),
-    )
-    .await;
-    phase_tx.send_replace(Phase::Stop);
-    let mut views = Vec::new();
-    for t in tasks {
-        views.push(t.await.context("a device panicked")?);
-    }
-    sampler.abort();
-
     let current = url_rx.borrow().clone().context("no server at the end")?;
-    let http = reqwest::Client::new();
-    let mut logs = Vec::new();
-    for c in &world.conversations {
-        let token = &world.users[c.members[0]].token;
-        logs.push((
-            c.id.clone(),
-            checker::history(&http, &current, token, &c.id).await?,
-        ));
-    }
-    let (report, unacked, given_up) = {
-        let ledger = shared.lock();
-        let report = checker::check(&world, &ledger, &views, &logs);
-        let unacked = ledger
-            .sends
-            .values()
-            .filter(|r| r.acked_us.is_none() && r.given_up.is_none())
-            .count();
-        let given_up = ledger
-            .sends
-            .values()
-            .filter(|r| r.given_up.is_some())
-            .count();
-        (report, unacked, given_up)
-    };
+    let Outcome {
+        report,
+        views,
+        unacked,
+        given_up,
+        drained,
+        complete,
+    } = finish(&world, &shared, tasks, &phase_tx, &mut news_rx, &current).await?;
+    sampler.abort();
 
     if let Some(s) = server.take()
         && let Err(e) = s.stop(Stop::Term).await
@@ -434,6 +394,86 @@ async fn inject_cluster(args: &Args, shared: &Shared, rng: &mut Rng, faults: &mu
         faults.cycles = cycle;
     }
     tokio::time::sleep(Duration::from_millis(args.max_up_ms)).await;
+}
+
+/// What the end of a run found.
+pub struct Outcome {
+    pub report: Report,
+    pub views: Vec<DeviceView>,
+    /// Sends never answered, and sends given up (open loop only).
+    pub unacked: usize,
+    pub given_up: usize,
+    /// Devices that finished what they had outstanding, and that received
+    /// everything expected, out of all devices.
+    pub drained: usize,
+    pub complete: usize,
+}
+
+/// Quiesces the devices (nothing new, finish what is outstanding, at most
+/// 120 s), has them sync until every acked message and change has arrived
+/// (at most 60 s), stops them and checks the stored history at `url`
+/// against the ledger and their views.
+pub async fn finish(
+    world: &World,
+    shared: &Shared,
+    tasks: Vec<tokio::task::JoinHandle<DeviceView>>,
+    phase_tx: &watch::Sender<Phase>,
+    news_rx: &mut mpsc::UnboundedReceiver<(usize, Milestone)>,
+    url: &str,
+) -> anyhow::Result<Outcome> {
+    let devices = tasks.len();
+    phase_tx.send_replace(Phase::Draining);
+    let drained = await_news(
+        news_rx,
+        devices,
+        Milestone::Drained,
+        Duration::from_secs(120),
+    )
+    .await;
+    let expected = expected(world, shared);
+    phase_tx.send_replace(Phase::Final(Arc::new(expected)));
+    let complete = await_news(
+        news_rx,
+        devices,
+        Milestone::Complete,
+        Duration::from_secs(60),
+    )
+    .await;
+    phase_tx.send_replace(Phase::Stop);
+    let mut views = Vec::new();
+    for t in tasks {
+        views.push(t.await.context("a device panicked")?);
+    }
+    let http = reqwest::Client::new();
+    let mut logs = Vec::new();
+    for c in &world.conversations {
+        let token = &world.users[c.members[0]].token;
+        logs.push((
+            c.id.clone(),
+            checker::history(&http, url, token, &c.id).await?,
+        ));
+    }
+    let ledger = shared.lock();
+    let report = checker::check(world, &ledger, &views, &logs);
+    let unacked = ledger
+        .sends
+        .values()
+        .filter(|r| r.acked_us.is_none() && r.given_up.is_none())
+        .count();
+    let given_up = ledger
+        .sends
+        .values()
+        .filter(|r| r.given_up.is_some())
+        .count();
+    drop(ledger);
+    Ok(Outcome {
+        report,
+        views,
+        unacked,
+        given_up,
+        drained,
+        complete,
+    })
 }
 
 /// Starts a device for each device of each user of `world`, numbered from

@@ -1,0 +1,129 @@
+//! Slow readers: clients that join through nginx and then stop reading,
+//! while a sender each writes to them (a direct message every 250 ms, 3.9 KB
+//! bodies, within the per-user send limit). The edge must close them as too
+//! slow (4008) within 15 s although nginx sits between and buffers: when,
+//! is read from the edges' `parley_edge_slow_consumers_closed_total`
+//! counters; the close code from the readers' own sockets at the end.
+
+use futures::{SinkExt, StreamExt};
+use parley_server::client::{Socket, User, join};
+use serde_json::json;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// Time between two messages of one sender.
+const SEND_EVERY: Duration = Duration::from_millis(250);
+/// Body size of those messages, in bytes (the limit is 4,000 characters).
+const BODY_BYTES: usize = 3900;
+/// The close code of a client too slow to take what it is sent.
+const TOO_SLOW: u16 = 4008;
+
+/// Readers holding their sockets unread, and their senders.
+pub struct SlowReaders {
+    readers: Vec<Socket>,
+    stop: watch::Sender<bool>,
+    senders: Vec<JoinHandle<()>>,
+}
+
+impl SlowReaders {
+    /// Joins every reader (then reads nothing more) and starts a sender
+    /// for each (`senders[i]` writes to `readers[i]`).
+    pub async fn start(url: &str, readers: &[User], senders: &[User]) -> anyhow::Result<Self> {
+        let mut sockets = Vec::new();
+        for r in readers {
+            sockets.push(join(url, &r.token).await?);
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for (s, r) in senders.iter().zip(readers) {
+            let ws = join(url, &s.token).await?;
+            tasks.push(tokio::spawn(send(ws, r.id.clone(), stop_rx.clone())));
+        }
+        Ok(Self {
+            readers: sockets,
+            stop,
+            senders: tasks,
+        })
+    }
+
+    /// Stops the senders, then reads each reader's socket to its end (at
+    /// most `patience` in all) and answers how many were closed with 4008.
+    pub async fn closed_as_slow(self, patience: Duration) -> usize {
+        self.stop.send_replace(true);
+        for t in self.senders {
+            let _ = t.await;
+        }
+        let read_all = async {
+            let mut slow = 0;
+            for mut ws in self.readers {
+                while let Some(frame) = ws.next().await {
+                    match frame {
+                        Ok(Message::Close(Some(f))) => {
+                            if f.code == CloseCode::from(TOO_SLOW) {
+                                slow += 1;
+                            }
+                            break;
+                        }
+                        Ok(Message::Close(None)) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            }
+            slow
+        };
+        tokio::time::timeout(patience, read_all).await.unwrap_or(0)
+    }
+}
+
+/// Writes to `to` every [`SEND_EVERY`] and reads whatever comes back (acks,
+/// refusals, its own messages), until told to stop.
+async fn send(mut ws: Socket, to: String, mut stop: watch::Receiver<bool>) {
+    let body = "x".repeat(BODY_BYTES);
+    let mut tick = tokio::time::interval(SEND_EVERY);
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                n += 1;
+                let frame = json!({"type": "send_message", "to": to,
+                    "client_msg_id": format!("slow{n}"), "body": body});
+                if ws.send(Message::Text(frame.to_string().into())).await.is_err() {
+                    return;
+                }
+            }
+            frame = ws.next() => if !matches!(frame, Some(Ok(_))) { return },
+            _ = stop.changed() => {
+                let _ = ws.close(None).await;
+                return;
+            }
+        }
+    }
+}
+
+/// The sum of `parley_edge_slow_consumers_closed_total` over the edges'
+/// `/metrics` (an edge that does not answer counts 0).
+pub async fn closed_total(http: &reqwest::Client, edges: &[String]) -> u64 {
+    let mut total = 0.0;
+    for edge in edges {
+        let Ok(resp) = http
+            .get(format!("{edge}/metrics"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(text) = resp.text().await else {
+            continue;
+        };
+        total += text
+            .lines()
+            .filter(|l| l.starts_with("parley_edge_slow_consumers_closed_total"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    total as u64
+}
