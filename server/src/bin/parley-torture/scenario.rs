@@ -65,7 +65,6 @@ const CHAT_RESUME_MS: u64 = 3000;
 const REDIS_RESUME_MS: u64 = 2000;
 const STORM_BACK_MS: u64 = 10_000;
 const SLOW_CLOSE_MS: u64 = 15_000;
-const SLOW_P99_RATIO: f64 = 1.2;
 /// Light clients beside the ledger devices in `edge-kill`.
 const EDGE_KILL_CLIENTS: usize = 100;
 /// Sessions per light-client user: well under the per-user limit of 20,
@@ -553,7 +552,7 @@ async fn slow_readers(
     // The readers stop reading now; the p99 window is theirs.
     let stopped = shared.now_us();
     f.fault_from = stopped;
-    f.p99_ratio_goal = Some(SLOW_P99_RATIO);
+    f.p99_ratio_goal = (args.p99_ratio_goal > 0.0).then_some(args.p99_ratio_goal);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut closed_ms = None;
     // The counters live in other processes: polled, every 200 ms.
