@@ -68,30 +68,36 @@ impl MongoStore {
                 ids.push(id);
             }
         };
-        if let Some(legacy) = self.by_id(LEGACY, user).await? {
+        let hint = hint_key(user);
+        let (legacy, hint) =
+            futures::try_join!(self.by_id(LEGACY, user), self.by_id(SLOTS, &hint))?;
+        if let Some(legacy) = legacy {
             for id in legacy.get_array("conversations").into_iter().flatten() {
                 if let Some(id) = id.as_str() {
                     keep(id.to_owned());
                 }
             }
         }
-        // Dense slots: read a batch at a time until the first missing one.
-        let batch = LOOKUPS_IN_FLIGHT as u64;
-        let mut from = 0;
-        loop {
-            let keys = (from..from + batch).map(|s| slot_key(user, s)).collect();
-            let slots = self.by_ids(SLOTS, keys).await?;
-            let full = slots.iter().all(Option::is_some);
-            for slot in slots.into_iter().map_while(|s| s) {
-                if let Ok(id) = slot.get_str("conversation_id") {
-                    keep(id.to_owned());
-                }
+        // Dense slots: every slot below the hint exists (the hint is only
+        // raised past a slot that was inserted), so those are read at once;
+        // then one at a time from there until the first missing one (one
+        // lookup when the hint is current). A join reads this list, so a
+        // user in no conversation costs two rounds of lookups here.
+        let known = as_u64(hint.as_ref().and_then(|h| h.get("next")));
+        let keys = (0..known).map(|s| slot_key(user, s)).collect();
+        for slot in self.by_ids(SLOTS, keys).await?.into_iter().flatten() {
+            if let Ok(id) = slot.get_str("conversation_id") {
+                keep(id.to_owned());
             }
-            if !full {
-                return Ok(ids);
-            }
-            from += batch;
         }
+        let mut next = known;
+        while let Some(slot) = self.by_id(SLOTS, &slot_key(user, next)).await? {
+            if let Ok(id) = slot.get_str("conversation_id") {
+                keep(id.to_owned());
+            }
+            next += 1;
+        }
+        Ok(ids)
     }
 
     /// Whether `user`'s own records say they are in `conversation`: one

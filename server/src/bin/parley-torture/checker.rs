@@ -30,7 +30,18 @@ pub async fn history(
         if before > 0 {
             write!(request, "&before_seq={before}")?;
         }
-        let resp = http.get(&request).bearer_auth(token).send().await?;
+        // 503 (a backend still coming back after a fault) and 502 (no edge
+        // up yet) say "retry", as they do to any client: for up to 30 s.
+        let mut patience = 150;
+        let resp = loop {
+            let resp = http.get(&request).bearer_auth(token).send().await?;
+            let retry = matches!(resp.status().as_u16(), 502 | 503);
+            if !retry || patience == 0 {
+                break resp;
+            }
+            patience -= 1;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
         if !resp.status().is_success() {
             bail!("history of {conversation}: {}", resp.status());
         }
