@@ -39,24 +39,51 @@ struct Progress {
     answers_done: AtomicBool,
 }
 
+/// When the schedule started (once every pair is connected).
+#[derive(Clone)]
+struct Go {
+    at: tokio::sync::watch::Receiver<Option<Instant>>,
+    run_for: Duration,
+}
+
+impl Go {
+    /// Waits for the start; answers it.
+    async fn wait(&mut self) -> anyhow::Result<Instant> {
+        let at = *self.at.wait_for(Option::is_some).await?;
+        at.ok_or_else(|| anyhow::anyhow!("no start"))
+    }
+
+    /// Whether the run and its drain are over.
+    fn past(&self) -> bool {
+        self.at
+            .borrow()
+            .is_some_and(|at| at.elapsed() > self.run_for + DRAIN)
+    }
+}
+
 pub async fn flood(ctx: &Ctx, pairs: usize, rate: u64, secs: u64) -> anyhow::Result<()> {
     let target = &ctx.target;
     let users = target.users(&prefix(), pairs * 2).await?;
-    let mut sockets = Vec::new();
-    for pair in users.chunks(2) {
-        let tx = target.connect(&pair[0]).await?.0;
-        let rx = target.connect(&pair[1]).await?.0;
-        sockets.push((tx, rx, pair[1].id.clone(), pair[0].id.clone()));
-    }
+    // Send times are µs since `start`; the schedule starts at `go`, once
+    // every pair is connected.
     let start = Instant::now();
-    let probe = Probe::start(ctx.server_pid)?;
+    let (go_tx, go_rx) = tokio::sync::watch::channel(None);
     let period = Duration::from_secs_f64(pairs as f64 / rate.max(1) as f64);
     let run_for = Duration::from_secs(secs);
-    let until = tokio::time::Instant::from_std(start + run_for + DRAIN);
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let mut tasks = Vec::new();
-    for (i, (tx, rx, to, from)) in sockets.into_iter().enumerate() {
+    // Each pair is read from the moment it is connected, as clients do
+    // (Parley closes a client that leaves its probe pings unanswered for
+    // 10 s, and connecting hundreds can take longer).
+    for (i, pair) in users.chunks(2).enumerate() {
+        let tx = target.connect(&pair[0]).await?.0;
+        let rx = target.connect(&pair[1]).await?.0;
+        let (to, from) = (pair[1].id.clone(), pair[0].id.clone());
         let (histogram, target, bytes) = (histogram.clone(), target.clone(), ctx.body_bytes);
+        let go = Go {
+            at: go_rx.clone(),
+            run_for,
+        };
         let progress = Arc::new(Progress::default());
         tasks.push(tokio::spawn(async move {
             let (sink, mut answers) = tx.split();
@@ -64,13 +91,14 @@ pub async fn flood(ctx: &Ctx, pairs: usize, rate: u64, secs: u64) -> anyhow::Res
             let sink = Arc::new(tokio::sync::Mutex::new(sink));
             let sending = {
                 let (sink, progress, target) = (sink.clone(), progress.clone(), target.clone());
-                let (from, to) = (from.clone(), to.clone());
+                let (from, to, mut go) = (from.clone(), to.clone(), go.clone());
                 async move {
+                    let go = go.wait().await?;
                     // Senders start spread over one period, not all at once.
                     tokio::time::sleep(period.mul_f64(i as f64 / pairs as f64)).await;
                     let mut ticks = tokio::time::interval(period);
                     let mut offered = 0usize;
-                    while start.elapsed() < run_for {
+                    while go.elapsed() < run_for {
                         ticks.tick().await;
                         let micros = start.elapsed().as_micros() as u64;
                         let frame = target.direct(
@@ -89,7 +117,7 @@ pub async fn flood(ctx: &Ctx, pairs: usize, rate: u64, secs: u64) -> anyhow::Res
                 }
             };
             let answering = {
-                let (progress, target) = (progress.clone(), target.clone());
+                let (progress, target, go) = (progress.clone(), target.clone(), go.clone());
                 async move {
                     let mut tally = Tally::default();
                     let done = || {
@@ -97,7 +125,7 @@ pub async fn flood(ctx: &Ctx, pairs: usize, rate: u64, secs: u64) -> anyhow::Res
                             && progress.answered.load(Ordering::Acquire)
                                 >= progress.sent.load(Ordering::Acquire)
                     };
-                    while !done() && tokio::time::Instant::now() < until {
+                    while !done() && !go.past() {
                         let frame = match tokio::time::timeout(CHECK_EVERY, answers.next()).await {
                             Err(_) => continue,
                             Ok(None) => break,
@@ -124,12 +152,14 @@ pub async fn flood(ctx: &Ctx, pairs: usize, rate: u64, secs: u64) -> anyhow::Res
                     anyhow::Ok(tally)
                 }
             };
-            let receiving = receive(target, rx, from, start, until, progress, histogram);
+            let receiving = receive(target, rx, from, start, go, progress, histogram);
             let (offered, mut tally, delivered) = tokio::try_join!(sending, answering, receiving)?;
             tally.offered = offered;
             anyhow::Ok((tally, delivered))
         }));
     }
+    let probe = Probe::start(ctx.server_pid)?;
+    go_tx.send(Some(Instant::now()))?;
     let (mut offered, mut accepted, mut lost, mut delivered_total) = (0u64, 0u64, 0u64, 0u64);
     let mut refused: HashMap<String, u64> = HashMap::new();
     for t in tasks {
@@ -177,7 +207,7 @@ async fn receive(
     mut rx: parley_server::client::Socket,
     from: String,
     start: Instant,
-    until: tokio::time::Instant,
+    go: Go,
     progress: Arc<Progress>,
     histogram: Arc<Mutex<Histogram<u64>>>,
 ) -> anyhow::Result<HashSet<String>> {
@@ -187,7 +217,7 @@ async fn receive(
         progress.answers_done.load(Ordering::Acquire)
             && delivered as u64 >= progress.accepted.load(Ordering::Acquire)
     };
-    while !done(delivered.len()) && tokio::time::Instant::now() < until {
+    while !done(delivered.len()) && !go.past() {
         let frame = match tokio::time::timeout(CHECK_EVERY, rx.next()).await {
             Err(_) => continue,
             Ok(None) => break,

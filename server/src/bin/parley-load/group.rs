@@ -42,40 +42,32 @@ pub async fn group(
         bail!("--read-receipts is Parley's: Centrifugo keeps no read state");
     }
     let users = target.users(&prefix(), members).await?;
-    let mut sockets = Vec::with_capacity(members);
-    let mut nodes = std::collections::BTreeSet::new();
-    for u in &users {
-        let (ws, node) = target.connect(u).await?;
-        nodes.insert(node);
-        sockets.push(ws);
-    }
+    let (creator, others) = users.split_first().context("no members")?;
     let name = format!("{}g", prefix());
-    let group = target.group(&mut sockets, &users, &name).await?;
-    let mut sockets = sockets.into_iter();
-    let mut sender = sockets.next().context("no sender")?;
     let arrivals = Arc::new(Arrivals {
         last_micros: (0..messages).map(|_| 0.into()).collect(),
         repeats: 0.into(),
     });
     let start = Instant::now();
+    // Each member reads its socket from the moment it is connected, as a
+    // client does (Parley closes a client that leaves its probe pings
+    // unanswered for 10 s, and connecting hundreds can take longer).
+    let mut nodes = std::collections::BTreeSet::new();
+    let mut receivers = Vec::with_capacity(others.len());
+    for u in others {
+        let (mut ws, node) = target.connect(u).await?;
+        nodes.insert(node);
+        target.enter_group(&mut ws, &name).await?;
+        let (arrivals, target, from) = (arrivals.clone(), target.clone(), creator.id.clone());
+        receivers.push(tokio::spawn(async move {
+            member(&target, ws, &from, messages, read_receipts, start, arrivals).await
+        }));
+    }
+    // The creator connects last, so that it is not left unread meanwhile.
+    let (mut sender, node) = target.connect(creator).await?;
+    nodes.insert(node);
+    let group = target.create_group(&mut sender, others, &name).await?;
     let probe = Probe::start(ctx.server_pid)?;
-    let receivers: Vec<_> = sockets
-        .map(|ws| {
-            let (arrivals, group, target) = (arrivals.clone(), group.clone(), target.clone());
-            tokio::spawn(async move {
-                member(
-                    &target,
-                    ws,
-                    &group,
-                    messages,
-                    read_receipts,
-                    start,
-                    arrivals,
-                )
-                .await
-            })
-        })
-        .collect();
     let began = start.elapsed().as_micros() as u64;
     let (pace, window) = match rate {
         Some(r) => (
@@ -84,7 +76,7 @@ pub async fn group(
         ),
         None => (None, window),
     };
-    let from = users[0].id.clone();
+    let from = creator.id.clone();
     let bytes = ctx.body_bytes;
     let sends = send_window(
         target,
@@ -142,12 +134,12 @@ pub async fn group(
     ))
 }
 
-/// One member: records when each message of the group arrives, and marks
-/// it read when asked to.
+/// One member: records when each message from the group's sender `from`
+/// arrives, and marks it read when asked to.
 async fn member(
     target: &Target,
     mut ws: Socket,
-    group: &str,
+    from: &str,
     messages: usize,
     read_receipts: bool,
     start: Instant,
@@ -164,7 +156,7 @@ async fn member(
         let Message::Text(t) = frame? else { continue };
         for event in target.parse(&t)? {
             let d = match event {
-                Event::Delivered(d) if d.conversation == group => d,
+                Event::Delivered(d) if d.from == from => d,
                 Event::Ping => {
                     ws.send(target.pong()).await?;
                     continue;
@@ -186,7 +178,7 @@ async fn member(
             distinct += 1;
             arrivals.last_micros[i].fetch_max(now, Ordering::Relaxed);
             if read_receipts {
-                let read = json!({"type": "mark_read", "conversation_id": group,
+                let read = json!({"type": "mark_read", "conversation_id": d.conversation,
                     "up_to_seq": d.seq});
                 ws.send(Message::Text(read.to_string().into())).await?;
             }

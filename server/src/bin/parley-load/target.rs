@@ -123,34 +123,37 @@ impl Target {
         }
     }
 
-    /// Makes a group of `users` (the first is its creator), every member
-    /// connected on the matching socket of `sockets`; answers its id (the
-    /// conversation on Parley, the channel on Centrifugo).
-    pub async fn group(
+    /// Readies a member's socket for group `name` before the group is
+    /// made: a Centrifugo member subscribes to its channel; a Parley member
+    /// is added by the creator and needs nothing.
+    pub async fn enter_group(&self, ws: &mut Socket, name: &str) -> anyhow::Result<()> {
+        match self {
+            Target::Parley { .. } => Ok(()),
+            Target::Centrifugo { .. } => {
+                let channel = centrifugo::group_channel(name);
+                centrifugo::subscribe(ws, &channel, centrifugo::GROUP_SUB_ID).await
+            }
+        }
+    }
+
+    /// Makes group `name` of `creator` (connected on `ws`) and `others`;
+    /// answers its id (the conversation on Parley, the channel on
+    /// Centrifugo, which the creator subscribes to as well, so both servers
+    /// push every message to every member).
+    pub async fn create_group(
         &self,
-        sockets: &mut [Socket],
-        users: &[User],
+        ws: &mut Socket,
+        others: &[User],
         name: &str,
     ) -> anyhow::Result<String> {
         match self {
             Target::Parley { .. } => {
-                let sender = sockets
-                    .first_mut()
-                    .ok_or_else(|| anyhow::anyhow!("no members"))?;
-                let others: Vec<&str> = users[1..].iter().map(|u| u.id.as_str()).collect();
-                parley_wire::create_group(sender, name, &others).await
+                let others: Vec<&str> = others.iter().map(|u| u.id.as_str()).collect();
+                parley_wire::create_group(ws, name, &others).await
             }
             Target::Centrifugo { .. } => {
-                let channel = centrifugo::group_channel(name);
-                // Every member subscribes itself, as a Centrifugo client
-                // joining a room does; concurrently, as members come online.
-                futures::future::try_join_all(
-                    sockets
-                        .iter_mut()
-                        .map(|ws| centrifugo::subscribe(ws, &channel, centrifugo::GROUP_SUB_ID)),
-                )
-                .await?;
-                Ok(channel)
+                self.enter_group(ws, name).await?;
+                Ok(centrifugo::group_channel(name))
             }
         }
     }
