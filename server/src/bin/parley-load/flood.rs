@@ -1,0 +1,245 @@
+//! Open-loop 1:1: every sender sends on a fixed schedule whatever the
+//! answers, so the server sees the offered rate even past its capacity.
+
+use crate::probe::Probe;
+use crate::target::{Event, Target, body};
+use crate::{Ctx, merge, prefix, quantiles_ms, usage_fields, usage_text};
+use anyhow::bail;
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use parley_server::client::percentiles;
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Deliveries of accepted messages may trail the last send by this much.
+const DRAIN: Duration = Duration::from_secs(15);
+/// How often a waiting reader checks whether its pair is done.
+const CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// What one sender saw.
+#[derive(Default)]
+struct Tally {
+    offered: u64,
+    accepted: HashSet<String>,
+    refused: HashMap<String, u64>,
+}
+
+/// Where one pair is, so its readers stop as soon as everything answered
+/// and accepted has arrived instead of waiting out the drain.
+#[derive(Default)]
+struct Progress {
+    sent: AtomicU64,
+    sending_done: AtomicBool,
+    answered: AtomicU64,
+    accepted: AtomicU64,
+    answers_done: AtomicBool,
+}
+
+/// When the schedule started (once every pair is connected).
+#[derive(Clone)]
+struct Go {
+    at: tokio::sync::watch::Receiver<Option<Instant>>,
+    run_for: Duration,
+}
+
+impl Go {
+    /// Waits for the start; answers it.
+    async fn wait(&mut self) -> anyhow::Result<Instant> {
+        let at = *self.at.wait_for(Option::is_some).await?;
+        at.ok_or_else(|| anyhow::anyhow!("no start"))
+    }
+
+    /// Whether the run and its drain are over.
+    fn past(&self) -> bool {
+        self.at
+            .borrow()
+            .is_some_and(|at| at.elapsed() > self.run_for + DRAIN)
+    }
+}
+
+pub async fn flood(ctx: &Ctx, pairs: usize, rate: u64, secs: u64) -> anyhow::Result<()> {
+    let target = &ctx.target;
+    let users = target.users(&prefix(), pairs * 2).await?;
+    // Send times are µs since `start`; the schedule starts at `go`, once
+    // every pair is connected.
+    let start = Instant::now();
+    let (go_tx, go_rx) = tokio::sync::watch::channel(None);
+    let period = Duration::from_secs_f64(pairs as f64 / rate.max(1) as f64);
+    let run_for = Duration::from_secs(secs);
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let mut tasks = Vec::new();
+    // Each pair is read from the moment it is connected, as clients do
+    // (Parley closes a client that leaves its probe pings unanswered for
+    // 10 s, and connecting hundreds can take longer).
+    for (i, pair) in users.chunks(2).enumerate() {
+        let tx = target.connect(&pair[0]).await?.0;
+        let rx = target.connect(&pair[1]).await?.0;
+        let (to, from) = (pair[1].id.clone(), pair[0].id.clone());
+        let (histogram, target, bytes) = (histogram.clone(), target.clone(), ctx.body_bytes);
+        let go = Go {
+            at: go_rx.clone(),
+            run_for,
+        };
+        let progress = Arc::new(Progress::default());
+        tasks.push(tokio::spawn(async move {
+            let (sink, mut answers) = tx.split();
+            // The reader answers Centrifugo's pings on the sender's socket.
+            let sink = Arc::new(tokio::sync::Mutex::new(sink));
+            let sending = {
+                let (sink, progress, target) = (sink.clone(), progress.clone(), target.clone());
+                let (from, to, mut go) = (from.clone(), to.clone(), go.clone());
+                async move {
+                    let go = go.wait().await?;
+                    // Senders start spread over one period, not all at once.
+                    tokio::time::sleep(period.mul_f64(i as f64 / pairs as f64)).await;
+                    let mut ticks = tokio::time::interval(period);
+                    let mut offered = 0usize;
+                    while go.elapsed() < run_for {
+                        ticks.tick().await;
+                        let micros = start.elapsed().as_micros() as u64;
+                        let frame = target.direct(
+                            &from,
+                            &to,
+                            offered,
+                            &format!("f{offered}"),
+                            &body(micros, bytes),
+                        );
+                        sink.lock().await.send(Message::Text(frame.into())).await?;
+                        offered += 1;
+                        progress.sent.store(offered as u64, Ordering::Release);
+                    }
+                    progress.sending_done.store(true, Ordering::Release);
+                    anyhow::Ok(offered as u64)
+                }
+            };
+            let answering = {
+                let (progress, target, go) = (progress.clone(), target.clone(), go.clone());
+                async move {
+                    let mut tally = Tally::default();
+                    let done = || {
+                        progress.sending_done.load(Ordering::Acquire)
+                            && progress.answered.load(Ordering::Acquire)
+                                >= progress.sent.load(Ordering::Acquire)
+                    };
+                    while !done() && !go.past() {
+                        let frame = match tokio::time::timeout(CHECK_EVERY, answers.next()).await {
+                            Err(_) => continue,
+                            Ok(None) => break,
+                            Ok(Some(frame)) => frame?,
+                        };
+                        let Message::Text(t) = frame else { continue };
+                        for event in target.parse(&t)? {
+                            match event {
+                                Event::Accepted { index } => {
+                                    tally.accepted.insert(format!("f{index}"));
+                                    progress.accepted.fetch_add(1, Ordering::AcqRel);
+                                    progress.answered.fetch_add(1, Ordering::AcqRel);
+                                }
+                                Event::Refused { code, .. } => {
+                                    *tally.refused.entry(code).or_default() += 1;
+                                    progress.answered.fetch_add(1, Ordering::AcqRel);
+                                }
+                                Event::Ping => sink.lock().await.send(target.pong()).await?,
+                                Event::Delivered(_) => {}
+                            }
+                        }
+                    }
+                    progress.answers_done.store(true, Ordering::Release);
+                    anyhow::Ok(tally)
+                }
+            };
+            let receiving = receive(target, rx, from, start, go, progress, histogram);
+            let (offered, mut tally, delivered) = tokio::try_join!(sending, answering, receiving)?;
+            tally.offered = offered;
+            anyhow::Ok((tally, delivered))
+        }));
+    }
+    let probe = Probe::start(ctx.server_pid)?;
+    go_tx.send(Some(Instant::now()))?;
+    let (mut offered, mut accepted, mut lost, mut delivered_total) = (0u64, 0u64, 0u64, 0u64);
+    let mut refused: HashMap<String, u64> = HashMap::new();
+    for t in tasks {
+        let (tally, delivered) = t.await??;
+        offered += tally.offered;
+        accepted += tally.accepted.len() as u64;
+        lost += tally.accepted.difference(&delivered).count() as u64;
+        delivered_total += delivered.len() as u64;
+        for (code, n) in tally.refused {
+            *refused.entry(code).or_default() += n;
+        }
+    }
+    let usage = probe.finish()?;
+    let h = histogram.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let refused_total: u64 = refused.values().sum();
+    let mut refused: Vec<_> = refused.into_iter().collect();
+    refused.sort();
+    println!(
+        "flood ({}): {pairs} pairs, offered {rate} msgs/s for {secs} s: offered {offered}, acked {accepted} ({:.0}/s), refused {refused:?}, delivered {delivered_total}, acked-not-delivered {lost}; send→deliver of accepted {}{}",
+        target.name(),
+        accepted as f64 / secs as f64,
+        percentiles(&h),
+        usage_text(usage, delivered_total),
+    );
+    ctx.record(merge(
+        merge(
+            json!({"mode": "flood", "pairs": pairs, "rate": rate, "secs": secs,
+                "offered": offered, "accepted": accepted, "refused": refused_total,
+                "delivered": delivered_total, "lost": lost}),
+            quantiles_ms(&h),
+        ),
+        usage_fields(usage, delivered_total),
+    ))?;
+    if lost > 0 {
+        bail!("{lost} acked messages were not delivered within {DRAIN:?}");
+    }
+    Ok(())
+}
+
+/// Receives from `from` until everything its sender had accepted arrived
+/// (or the drain ends); answers the client ids delivered, recording send →
+/// deliver of the first arrival of each.
+async fn receive(
+    target: Target,
+    mut rx: parley_server::client::Socket,
+    from: String,
+    start: Instant,
+    go: Go,
+    progress: Arc<Progress>,
+    histogram: Arc<Mutex<Histogram<u64>>>,
+) -> anyhow::Result<HashSet<String>> {
+    let mut delivered: HashSet<String> = HashSet::new();
+    let mut latencies = Vec::new();
+    let done = |delivered: usize| {
+        progress.answers_done.load(Ordering::Acquire)
+            && delivered as u64 >= progress.accepted.load(Ordering::Acquire)
+    };
+    while !done(delivered.len()) && !go.past() {
+        let frame = match tokio::time::timeout(CHECK_EVERY, rx.next()).await {
+            Err(_) => continue,
+            Ok(None) => break,
+            Ok(Some(frame)) => frame?,
+        };
+        let Message::Text(t) = frame else { continue };
+        for event in target.parse(&t)? {
+            match event {
+                Event::Delivered(d)
+                    if d.from == from && delivered.insert(d.client_msg_id.clone()) =>
+                {
+                    let now = start.elapsed().as_micros() as u64;
+                    latencies.push(now.saturating_sub(d.number()?));
+                }
+                Event::Ping => rx.send(target.pong()).await?,
+                _ => {}
+            }
+        }
+    }
+    let mut h = histogram.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    for l in latencies {
+        h.record(l.max(1))?;
+    }
+    Ok(delivered)
+}
