@@ -2,7 +2,7 @@
 //! gRPC call to the service that owns it; errors become `error` frames with
 //! the frame's `ref`, and the connection stays usable.
 
-use super::intake::{Limiter, limiter};
+use super::intake::{Limiter, busy, limiter};
 use crate::state::EdgeState;
 use parley::ids::ConversationId;
 use parley::proto::change_group_request::Change as GroupChange;
@@ -18,12 +18,6 @@ use serde_json::json;
 /// Typing events are cheap for the sender and fan out to every member.
 const TYPING_PER_SECOND: u32 = 3;
 const TYPING_BURST: u32 = 6;
-
-/// The refusal of a frame the edge will not queue: nothing was accepted,
-/// resend with the same `client_msg_id` after a pause.
-pub fn busy() -> ApiError {
-    ApiError::unavailable("server busy, resend")
-}
 
 /// The joined state of one connection.
 pub struct Connection {

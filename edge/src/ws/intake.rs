@@ -15,7 +15,6 @@
 //! Under overload the wait here is what grows: refusing late commands keeps
 //! what is accepted prompt, and the refusal tells the client to back off.
 
-use super::commands::busy;
 use axum::extract::ws::Utf8Bytes;
 use governor::clock::DefaultClock;
 use governor::state::{InMemoryState, NotKeyed};
@@ -36,6 +35,12 @@ pub const MAX_QUEUED: usize = 64;
 pub const MAX_QUEUED_BYTES: usize = 256 * 1024;
 
 pub type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+
+/// The refusal of a frame the edge will not take or try: nothing was
+/// accepted, resend with the same `client_msg_id` after a pause.
+pub fn busy() -> ApiError {
+    ApiError::unavailable("server busy, resend")
+}
 
 /// A GCRA limiter of `per_second` with bursts of `burst` (governor).
 pub fn limiter(per_second: u32, burst: u32) -> Limiter {
