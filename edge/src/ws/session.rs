@@ -260,9 +260,17 @@ async fn serve_joined(mut socket: WebSocket, state: EdgeState, session_id: Strin
 
 /// The command being handled: it owns the connection while it runs and
 /// gives it back with its answer.
-type Handling = Pin<Box<dyn Future<Output = (Connection, Handled)> + Send>>;
+type Handling = Pin<Box<dyn Future<Output = (Box<Connection>, Handled)> + Send>>;
 
-fn start(mut connection: Connection, text: Utf8Bytes, late: bool) -> Handling {
+/// Who holds the connection: the loop, between commands, or the command
+/// being handled, which gives it back when it finishes.
+enum Turn {
+    /// Boxed, as it moves in and out of every command's future.
+    Idle(Box<Connection>),
+    Busy(Handling),
+}
+
+fn start(mut connection: Box<Connection>, text: Utf8Bytes, late: bool) -> Handling {
     Box::pin(async move {
         let handled = connection.handle(text.as_str(), late).await;
         (connection, handled)
@@ -270,10 +278,10 @@ fn start(mut connection: Connection, text: Utf8Bytes, late: bool) -> Handling {
 }
 
 /// Waits for the command being handled, or forever when there is none.
-async fn finished(handling: &mut Option<Handling>) -> (Connection, Handled) {
-    match handling {
-        Some(future) => future.await,
-        None => std::future::pending().await,
+async fn finished(turn: &mut Turn) -> (Box<Connection>, Handled) {
+    match turn {
+        Turn::Busy(future) => future.await,
+        Turn::Idle(_) => std::future::pending().await,
     }
 }
 
@@ -351,11 +359,9 @@ async fn serve_frames(
     let mut last_heard = Instant::now();
     let mut probe = Probe::new();
     let mut intake = Intake::new(state.config.frames_per_second, state.config.max_frame_wait);
-    // The connection while no command runs; the command while one does.
-    let mut idle = Some(connection);
-    let mut handling: Option<Handling> = None;
+    let mut turn = Turn::Idle(Box::new(connection));
     loop {
-        if handling.is_none() {
+        if let Turn::Idle(_) = turn {
             // Pushes that queued while the last command ran go out before
             // the next command starts.
             let mut pushed = Vec::new();
@@ -365,12 +371,13 @@ async fn serve_frames(
             if !pushed.is_empty() && !write_all(socket, &mut probe, pushed).await {
                 return Ending::Dropped;
             }
-            if idle.is_some()
-                && let Some(next) = intake.pop()
-                && let Some(connection) = idle.take()
-            {
-                handling = Some(start(connection, next.text, next.late));
-            }
+            turn = match turn {
+                Turn::Idle(connection) => match intake.pop() {
+                    Some(next) => Turn::Busy(start(connection, next.text, next.late)),
+                    None => Turn::Idle(connection),
+                },
+                busy => busy,
+            };
         }
         let slow_at = probe.deadline();
         tokio::select! {
@@ -404,15 +411,14 @@ async fn serve_frames(
                     return Ending::Dropped;
                 }
             }
-            (connection, handled) = finished(&mut handling) => {
-                handling = None;
-                idle = Some(connection);
+            (connection, handled) = finished(&mut turn) => {
+                turn = Turn::Idle(connection);
                 intake.handled(handled.shed);
                 if !write_all(socket, &mut probe, handled.frames.into_iter().map(Utf8Bytes::from)).await {
                     return Ending::Dropped;
                 }
             }
-            pushed = inbox.recv(), if handling.is_none() => match pushed {
+            pushed = inbox.recv(), if matches!(turn, Turn::Idle(_)) => match pushed {
                 Some(frame) => {
                     if !write_all(socket, &mut probe, [frame]).await {
                         return Ending::Dropped;

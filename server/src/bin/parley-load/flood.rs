@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Deliveries of accepted messages may trail the last send by this much.
 const DRAIN: Duration = Duration::from_secs(15);
@@ -126,12 +126,11 @@ pub async fn flood(ctx: &Ctx, pairs: usize, rate: u64, secs: u64) -> anyhow::Res
                                 >= progress.sent.load(Ordering::Acquire)
                     };
                     while !done() && !go.past() {
-                        let frame = match tokio::time::timeout(CHECK_EVERY, answers.next()).await {
-                            Err(_) => continue,
-                            Ok(None) => break,
-                            Ok(Some(frame)) => frame?,
+                        let t = match next_text(&mut answers).await? {
+                            Next::Text(t) => t,
+                            Next::Quiet => continue,
+                            Next::Closed => break,
                         };
-                        let Message::Text(t) = frame else { continue };
                         for event in target.parse(&t)? {
                             match event {
                                 Event::Accepted { index } => {
@@ -218,12 +217,11 @@ async fn receive(
             && delivered as u64 >= progress.accepted.load(Ordering::Acquire)
     };
     while !done(delivered.len()) && !go.past() {
-        let frame = match tokio::time::timeout(CHECK_EVERY, rx.next()).await {
-            Err(_) => continue,
-            Ok(None) => break,
-            Ok(Some(frame)) => frame?,
+        let t = match next_text(&mut rx).await? {
+            Next::Text(t) => t,
+            Next::Quiet => continue,
+            Next::Closed => break,
         };
-        let Message::Text(t) = frame else { continue };
         for event in target.parse(&t)? {
             match event {
                 Event::Delivered(d)
@@ -242,4 +240,30 @@ async fn receive(
         h.record(l.max(1))?;
     }
     Ok(delivered)
+}
+
+/// What a reader found within [`CHECK_EVERY`].
+enum Next {
+    Text(Utf8Bytes),
+    /// Nothing, or a frame that is not text: time to check whether done.
+    Quiet,
+    Closed,
+}
+
+/// The next text frame of `stream` within [`CHECK_EVERY`]; a socket error
+/// is the run's error.
+async fn next_text<S>(stream: &mut S) -> anyhow::Result<Next>
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    Ok(
+        match tokio::time::timeout(CHECK_EVERY, stream.next()).await {
+            Err(_) => Next::Quiet,
+            Ok(None) => Next::Closed,
+            Ok(Some(frame)) => match frame? {
+                Message::Text(t) => Next::Text(t),
+                _ => Next::Quiet,
+            },
+        },
+    )
 }

@@ -13,7 +13,8 @@
 //!   `p99_ratio`);
 //! - `chat-kill`: kill -9 of a chat-svc, `--kills` times (chat-1, chat-2,
 //!   chat-1, …): every conversation delivers a message sent after the
-//!   kill within 3 s of it (`resume_ms`, one per kill);
+//!   kill within 3 s of it (`resume_ms`, one per kill; the probe pairs'
+//!   `probe_ms` printed beside it);
 //! - `edge-kill`: kill -9 of edge-1 beside light clients: all of them
 //!   back on edge-2, and no 502 from nginx (edge-2 is up throughout);
 //! - `storm-rolling`, `storm-at-once`: `--storm-clients` light clients
@@ -25,8 +26,9 @@
 //!   how much later the second was), and no 502 while an edge was up;
 //! - `engines`: Redis, Kafka and the Mongo-wire server each stopped for
 //!   `--outage-ms` and started (`scripts/infra down|up`): delivery resumes
-//!   within 2 s of Redis answering again (`resume_ms` per engine; Kafka's
-//!   and FerretDB's are printed, not goals);
+//!   within 2 s of Redis answering again, measured on probe pairs
+//!   (`probe_ms` per engine, see `probe`; Kafka's and FerretDB's are
+//!   printed, not goals, and so is every conversation's `resume_ms`);
 //! - `slow-readers`: `--slow-readers` clients stop reading while others
 //!   write to them: all closed with 4008 within 15 s of it
 //!   (`slow_close_ms`, from the edges' counters) and the healthy devices'
@@ -35,6 +37,7 @@
 
 use crate::client::{Phase, Settings};
 use crate::ledger::{DeviceView, Shared};
+use crate::probe::Probes;
 use crate::run::{Outcome, finish, spawn_devices};
 use crate::slow::{self, SlowReaders};
 use crate::storm::Storm;
@@ -70,6 +73,11 @@ const EDGE_KILL_CLIENTS: usize = 100;
 /// Sessions per light-client user: well under the per-user limit of 20,
 /// since a killed edge's sessions stay counted until they expire.
 const SESSIONS_PER_USER: usize = 4;
+/// The longest the `engines` scenario waits for delivery to be live again
+/// before the next engine's fault.
+const STEADY_PATIENCE: Duration = Duration::from_secs(60);
+/// Probe pairs in the scenarios that measure a resume time.
+const PROBE_PAIRS: usize = 4;
 /// How long the run goes on after the last fault before draining, in s.
 const SETTLE: Duration = Duration::from_secs(5);
 /// How long the clients of a storm may take to connect at all.
@@ -140,18 +148,43 @@ struct Figures {
     /// The fault window (µs of the run's clock).
     fault_from: u64,
     fault_to: u64,
-    /// Moments delivery must resume after, with a name and a goal (ms).
-    resumes: Vec<(String, u64, Option<u64>)>,
+    /// Moments delivery must resume after.
+    resumes: Vec<Resume>,
     /// p99 in the fault window may be at most this many times the
     /// baseline's.
     p99_ratio_goal: Option<f64>,
 }
 
+/// A moment delivery must resume after (µs of the run's clock), named, with
+/// a goal (ms) and what it is measured on.
+struct Resume {
+    what: String,
+    at: u64,
+    goal: Option<(u64, GoalOn)>,
+}
+
+/// Which resume time a goal applies to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GoalOn {
+    /// Every conversation of the devices delivers a message sent after the
+    /// moment: the stronger measure where the fault touches conversations
+    /// unevenly (a killed chat-svc's partitions), but it includes the
+    /// wait for each conversation's next send.
+    Conversations,
+    /// Every probe pair delivers one (`probe`): the server's own time back,
+    /// where the fault touches every conversation alike (the registry).
+    Probes,
+}
+
 async fn one(args: &Args, scenario: Scenario) -> anyhow::Result<(String, bool)> {
     let began = std::time::Instant::now();
     let tag = name(scenario).replace('-', "");
+    // Users are registered afresh per scenario run, also when one
+    // scenario is named twice.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let run_id = format!(
-        "f{}{}",
+        "f{}{}{n}",
         std::process::id() % 100_000,
         &tag[..tag.len().min(6)]
     );
@@ -168,7 +201,13 @@ async fn one(args: &Args, scenario: Scenario) -> anyhow::Result<(String, bool)> 
     );
     let shared = Shared::new();
     let settings = Arc::new(Settings {
-        pace: Duration::from_millis(args.pace_ms.max(1)),
+        pace: Duration::from_millis(
+            match scenario {
+                Scenario::Engines => args.engines_pace_ms,
+                _ => args.pace_ms,
+            }
+            .max(1),
+        ),
         window: 1,
         open_loop: false,
         in_flight: usize::MAX,
@@ -209,6 +248,26 @@ async fn one(args: &Args, scenario: Scenario) -> anyhow::Result<(String, bool)> 
         }
         storm = Some(s);
     }
+    // The slow readers' senders load the cluster in the baseline too: the
+    // fault is only that the readers stop reading.
+    let mut slow = if scenario == Scenario::SlowReaders {
+        let n = args.slow_readers;
+        let users = register_many(&url, &format!("{run_id}r"), 2 * n).await?;
+        let (readers, senders) = users.split_at(n);
+        Some(SlowReaders::start(&url, readers, senders).await?)
+    } else {
+        None
+    };
+    let probes = if matches!(
+        scenario,
+        Scenario::ChatKill | Scenario::EdgeKill | Scenario::Engines
+    ) {
+        let users = register_many(&url, &format!("{run_id}p"), 2 * PROBE_PAIRS).await?;
+        let (senders, readers) = users.split_at(PROBE_PAIRS);
+        Some(Probes::start(&url, senders, readers, &shared))
+    } else {
+        None
+    };
     let base_from = shared.now_us();
     tokio::time::sleep(Duration::from_secs(args.baseline_secs)).await;
 
@@ -239,9 +298,11 @@ async fn one(args: &Args, scenario: Scenario) -> anyhow::Result<(String, bool)> 
                 .await;
             }
         }
-        Scenario::Engines => engines(args, &shared, &mut f, &mut failures).await,
+        Scenario::Engines => engines(args, &shared, probes.as_ref(), &mut f, &mut failures).await,
         Scenario::SlowReaders => {
-            slow_readers(args, &run_id, &shared, &mut f, &mut failures).await?
+            if let Some(slow) = slow.take() {
+                slow_readers(args, slow, &shared, &mut f, &mut failures).await;
+            }
         }
     }
     if f.fault_to == 0 {
@@ -256,6 +317,23 @@ async fn one(args: &Args, scenario: Scenario) -> anyhow::Result<(String, bool)> 
     let settled = shared.now_us();
     if let Some(s) = storm {
         s.stop().await;
+    }
+    let mut probe_resumes = Vec::new();
+    if let Some(p) = probes {
+        for r in &f.resumes {
+            let ms = p.resume_ms(r.at);
+            probe_resumes.push(format!(
+                "{}:{}",
+                r.what,
+                ms.map_or("never".into(), |m| m.to_string())
+            ));
+            if let Some((g, GoalOn::Probes)) = r.goal
+                && ms.is_none_or(|m| m > g)
+            {
+                f.missed.push(format!("probe_{}", r.what));
+            }
+        }
+        p.stop().await;
     }
 
     let Outcome {
@@ -293,16 +371,21 @@ async fn one(args: &Args, scenario: Scenario) -> anyhow::Result<(String, bool)> 
         }
     }
     let mut resumes = Vec::new();
-    for (i, (what, at, goal)) in f.resumes.iter().enumerate() {
-        let until = f.resumes.get(i + 1).map_or(settled, |(_, next, _)| *next);
-        let ms = timeline.resume_us(*at, until) / 1000;
-        resumes.push(format!("{what}:{ms}"));
-        if goal.is_some_and(|g| ms > g) {
-            f.missed.push(format!("resume_{what}"));
+    for (i, r) in f.resumes.iter().enumerate() {
+        let until = f.resumes.get(i + 1).map_or(settled, |next| next.at);
+        let ms = timeline.resume_us(r.at, until) / 1000;
+        resumes.push(format!("{}:{ms}", r.what));
+        if let Some((g, GoalOn::Conversations)) = r.goal
+            && ms > g
+        {
+            f.missed.push(format!("resume_{}", r.what));
         }
     }
     if !resumes.is_empty() {
         write!(line, " resume_ms={}", resumes.join(","))?;
+    }
+    if !probe_resumes.is_empty() {
+        write!(line, " probe_ms={}", probe_resumes.join(","))?;
     }
     let (base, base_n) = timeline.p99_us(base_from, base_to);
     let (during, during_n) = timeline.p99_us(f.fault_from, f.fault_to);
@@ -382,11 +465,11 @@ async fn chat_kill(args: &Args, shared: &Shared, f: &mut Figures, failures: &mut
             tokio::time::sleep(Duration::from_secs(args.baseline_secs.max(5))).await;
         }
         cluster(args, "kill", id, failures).await;
-        f.resumes.push((
-            format!("{id}#{}", k + 1),
-            shared.now_us(),
-            Some(CHAT_RESUME_MS),
-        ));
+        f.resumes.push(Resume {
+            what: format!("{id}#{}", k + 1),
+            at: shared.now_us(),
+            goal: Some((CHAT_RESUME_MS, GoalOn::Conversations)),
+        });
         tokio::time::sleep(Duration::from_millis(args.outage_ms)).await;
         cluster(args, "start", id, failures).await;
     }
@@ -402,7 +485,11 @@ async fn edge_kill(
     let all = storm.clients;
     cluster(args, "kill", "edge-1", failures).await;
     let killed = shared.now_us();
-    f.resumes.push(("edge-1".into(), killed, None));
+    f.resumes.push(Resume {
+        what: "edge-1".into(),
+        at: killed,
+        goal: None,
+    });
     // The clients of edge-1 drop, then come back through edge-2.
     let fell = storm.fell_below(all, Duration::from_secs(5)).await;
     let back = storm.reached(all, Duration::from_secs(30)).await;
@@ -518,10 +605,34 @@ async fn edge_storm(
     }
 }
 
-async fn engines(args: &Args, shared: &Shared, f: &mut Figures, failures: &mut Vec<String>) {
+async fn engines(
+    args: &Args,
+    shared: &Shared,
+    probes: Option<&Probes>,
+    f: &mut Figures,
+    failures: &mut Vec<String>,
+) {
+    let mut waits = Vec::new();
     for (k, engine) in fault::ENGINES.iter().enumerate() {
         if k > 0 {
             tokio::time::sleep(Duration::from_secs(args.baseline_secs.max(5))).await;
+            // Each engine's fault starts from live delivery, not from the
+            // backlog the previous one left (Kafka's restart leaves
+            // seconds of it on a loaded cluster), so its resume time is
+            // its own.
+            if let Some(p) = probes {
+                let from = shared.now_us();
+                let steady = p.steady(STEADY_PATIENCE, shared).await;
+                let waited = (shared.now_us() - from) / 1000;
+                waits.push(format!(
+                    "{engine}:{}",
+                    if steady {
+                        waited.to_string()
+                    } else {
+                        "never".into()
+                    }
+                ));
+            }
         }
         if let Err(e) = fault::engine_down(&args.infra, engine).await {
             failures.push(format!("down {engine}: {e:#}"));
@@ -530,26 +641,29 @@ async fn engines(args: &Args, shared: &Shared, f: &mut Figures, failures: &mut V
         if let Err(e) = fault::script(&args.infra, &["up", engine]).await {
             failures.push(format!("up {engine}: {e:#}"));
         }
-        let goal = (*engine == "redis").then_some(REDIS_RESUME_MS);
-        f.resumes
-            .push(((*engine).to_owned(), shared.now_us(), goal));
+        f.resumes.push(Resume {
+            what: (*engine).to_owned(),
+            at: shared.now_us(),
+            goal: (*engine == "redis").then_some((REDIS_RESUME_MS, GoalOn::Probes)),
+        });
+    }
+    if !waits.is_empty() {
+        let _ = write!(f.text, " steady_wait_ms={}", waits.join(","));
     }
 }
 
 async fn slow_readers(
     args: &Args,
-    run_id: &str,
+    slow: SlowReaders,
     shared: &Shared,
     f: &mut Figures,
     failures: &mut Vec<String>,
-) -> anyhow::Result<()> {
+) {
     let n = args.slow_readers;
-    let users = register_many(&args.url, &format!("{run_id}r"), 2 * n).await?;
-    let (readers, senders) = users.split_at(n);
     let http = reqwest::Client::new();
     let before = slow::closed_total(&http, &args.edge_url).await;
-    let slow = SlowReaders::start(&args.url, readers, senders).await?;
     // The readers stop reading now; the p99 window is theirs.
+    slow.stop_reading();
     let stopped = shared.now_us();
     f.fault_from = stopped;
     f.p99_ratio_goal = (args.p99_ratio_goal > 0.0).then_some(args.p99_ratio_goal);
@@ -591,5 +705,4 @@ async fn slow_readers(
             closed_total - n as u64
         ));
     }
-    Ok(())
 }
