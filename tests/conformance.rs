@@ -37,8 +37,7 @@ mod embedded_bus_checks {
         resumes_after_the_last_commit,
         groups_are_independent,
         members_share_and_take_over,
-        reports_consumer_lag,
-        counts_uncommitted_records
+        reports_consumer_lag
     );
 
     #[tokio::test]

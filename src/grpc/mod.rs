@@ -75,10 +75,7 @@ pub async fn serve(
         .map(|addr| local::Local::serve(addr.to_string(), routes.clone()));
     let result = Server::builder()
         .tcp_nodelay(true)
-        .layer(tower::layer::layer_fn(|inner| CountInFlight {
-            inner,
-            count: &IN_FLIGHT,
-        }))
+        .layer(tower::layer::layer_fn(CountInFlight))
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await;
@@ -97,33 +94,24 @@ pub fn in_flight() -> u64 {
 /// Counts a request from its arrival until its response (or its
 /// cancellation) drops the guard: requests served in process
 /// ([`local`]) count too.
-pub(crate) struct InFlightGuard(&'static AtomicU64);
+pub(crate) struct InFlightGuard;
 
 impl InFlightGuard {
-    /// Counts one request in [`in_flight`].
     pub(crate) fn new() -> Self {
-        Self::counting(&IN_FLIGHT)
-    }
-
-    fn counting(count: &'static AtomicU64) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count)
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        Self
     }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// The tower middleware that keeps [`IN_FLIGHT`] (`count`: another
-/// counter only in tests, which run beside other servers of the process).
+/// The tower middleware that keeps [`IN_FLIGHT`].
 #[derive(Clone, Debug)]
-struct CountInFlight<S> {
-    inner: S,
-    count: &'static AtomicU64,
-}
+struct CountInFlight<S>(S);
 
 impl<S, R> tower::Service<R> for CountInFlight<S>
 where
@@ -135,12 +123,12 @@ where
     type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.0.poll_ready(cx)
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        let guard = InFlightGuard::counting(self.count);
-        let response = self.inner.call(request);
+        let guard = InFlightGuard::new();
+        let response = self.0.call(request);
         Box::pin(async move {
             let _guard = guard;
             response.await
@@ -182,12 +170,7 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(())
             }
         });
-        static COUNT: AtomicU64 = AtomicU64::new(0);
-        let in_flight = || COUNT.load(Ordering::Relaxed);
-        let mut service = CountInFlight {
-            inner,
-            count: &COUNT,
-        };
+        let mut service = CountInFlight(inner);
         let before = in_flight();
         let pending = service.ready().await.unwrap().call(());
         assert_eq!(in_flight(), before + 1);
