@@ -84,20 +84,21 @@ def summary(records, fmt):
             f"| {name} | {cell(p)} | {cell(c)} | {ratio(p, c, key) if key else ''} |"
         )
 
+    def metric(name, p, c, key, digits, unit=""):
+        """A row of one figure of both sides, with their ratio."""
+        row(name, p, c, lambda r: fmt.num(r, key, digits, unit), key)
+
     if rates:
         mid = 1000 if 1000 in rates else rates[len(rates) // 2]
         p, c = (last(records, mode="flood", rate=mid, target=s) for s in SIDES)
         pairs = (p or c or {}).get("pairs", "?")
-        row(
+        metric(
             f"server CPU per delivered message, 1:1 open-loop at {mid:,} msg/s ({pairs} pairs)",
-            p, c, lambda r: fmt.num(r, "cpu_ms_per_msg", 3, " ms"), "cpu_ms_per_msg",
+            p, c, "cpu_ms_per_msg", 3, " ms",
         )
-        row(f"send → deliver p50 at {mid:,} msg/s", p, c,
-            lambda r: fmt.num(r, "p50_ms", 1, " ms"), "p50_ms")
-        row(f"send → deliver p99 at {mid:,} msg/s", p, c,
-            lambda r: fmt.num(r, "p99_ms", 1, " ms"), "p99_ms")
-        row(f"server peak RSS at {mid:,} msg/s", p, c,
-            lambda r: fmt.num(r, "peak_rss_mib", 0, " MiB"), "peak_rss_mib")
+        metric(f"send → deliver p50 at {mid:,} msg/s", p, c, "p50_ms", 1, " ms")
+        metric(f"send → deliver p99 at {mid:,} msg/s", p, c, "p99_ms", 1, " ms")
+        metric(f"server peak RSS at {mid:,} msg/s", p, c, "peak_rss_mib", 0, " MiB")
         p, c = (served(records, s) for s in SIDES)
         row(
             f"highest offered rate (of {', '.join(f'{r:,}' for r in rates)}) with p99 < {P99_BOUND_MS:.0f} ms and all delivered",
@@ -114,31 +115,24 @@ def summary(records, fmt):
     p, c = (last(records, mode="chat", target=s) for s in SIDES)
     if p or c:
         d = p or c
-        row(
+        metric(
             f"1:1 closed-loop, {d['pairs']} pairs, window {d['window']}: messages/s",
-            p, c, lambda r: fmt.num(r, "msgs_per_sec", 0), "msgs_per_sec",
+            p, c, "msgs_per_sec", 0,
         )
-        row("… its send → deliver p99", p, c,
-            lambda r: fmt.num(r, "p99_ms", 1, " ms"), "p99_ms")
-        row("… its server CPU per message", p, c,
-            lambda r: fmt.num(r, "cpu_ms_per_msg", 3, " ms"), "cpu_ms_per_msg")
+        metric("… its send → deliver p99", p, c, "p99_ms", 1, " ms")
+        metric("… its server CPU per message", p, c, "cpu_ms_per_msg", 3, " ms")
     p, c = (last(records, mode="group", target=s) for s in SIDES)
     if p or c:
         d = p or c
         name = f"{d['members']}-member group, {d['messages']} msgs at {d['rate']} msg/s"
-        row(f"{name}: p50 send → last member", p, c,
-            lambda r: fmt.num(r, "p50_ms", 1, " ms"), "p50_ms")
-        row(f"{name}: p99 send → last member", p, c,
-            lambda r: fmt.num(r, "p99_ms", 1, " ms"), "p99_ms")
-        row(f"{name}: server CPU per delivery", p, c,
-            lambda r: fmt.num(r, "cpu_ms_per_msg", 4, " ms"), "cpu_ms_per_msg")
+        metric(f"{name}: p50 send → last member", p, c, "p50_ms", 1, " ms")
+        metric(f"{name}: p99 send → last member", p, c, "p99_ms", 1, " ms")
+        metric(f"{name}: server CPU per delivery", p, c, "cpu_ms_per_msg", 4, " ms")
     p, c = (last(records, mode="idle", target=s) for s in SIDES)
     if p or c:
         d = p or c
-        row(f"idle memory per WebSocket ({d['connections']:,} held)", p, c,
-            lambda r: fmt.num(r, "kib_per_connection", 1, " KiB"), "kib_per_connection")
-        row(f"idle CPU, {d['connections']:,} held", p, c,
-            lambda r: fmt.num(r, "idle_cpu_percent", 1, " % of a core"), "idle_cpu_percent")
+        metric(f"idle memory per WebSocket ({d['connections']:,} held)", p, c, "kib_per_connection", 1, " KiB")
+        metric(f"idle CPU, {d['connections']:,} held", p, c, "idle_cpu_percent", 1, " % of a core")
     head = [
         "| measurement | Parley (embedded) | Centrifugo v6.9.1 | ratio (Parley ÷ Centrifugo) |",
         "| --- | --- | --- | --- |",

@@ -3,7 +3,7 @@
 
 use crate::probe::Probe;
 use crate::target::{Event, Target, body};
-use crate::{Ctx, merge, prefix, quantiles_ms, usage_fields, usage_text};
+use crate::{Ctx, merge, prefix, quantiles_ms, record_latencies, usage_fields, usage_text};
 use anyhow::bail;
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -235,10 +235,7 @@ async fn receive(
             }
         }
     }
-    let mut h = histogram.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-    for l in latencies {
-        h.record(l.max(1))?;
-    }
+    record_latencies(&histogram, latencies)?;
     Ok(delivered)
 }
 

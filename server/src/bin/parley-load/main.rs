@@ -228,6 +228,19 @@ pub fn prefix() -> String {
 }
 
 /// A histogram's p50, p99 and max, in ms, for the results file.
+/// Adds one reader's send → deliver latencies (µs) to the run's histogram,
+/// under its lock once; 0 counts as 1 µs, the histogram's lowest value.
+pub fn record_latencies(
+    histogram: &std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+    latencies: Vec<u64>,
+) -> anyhow::Result<()> {
+    let mut h = histogram.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    for l in latencies {
+        h.record(l.max(1))?;
+    }
+    Ok(())
+}
+
 pub fn quantiles_ms(h: &hdrhistogram::Histogram<u64>) -> Value {
     serde_json::json!({
         "p50_ms": h.value_at_quantile(0.5) as f64 / 1000.0,

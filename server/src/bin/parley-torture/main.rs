@@ -31,6 +31,7 @@ mod run;
 mod scenario;
 mod slow;
 mod storm;
+mod ticker;
 mod timeline;
 mod world;
 

@@ -12,7 +12,8 @@
 //! acked was lost.
 
 use crate::ledger::Shared;
-use futures::{SinkExt, StreamExt};
+use crate::ticker::{Ended, write_every};
+use futures::StreamExt;
 use parley_server::client::{User, join};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,14 @@ const PREFIX: &str = "probe ";
 /// (sent, delivered) of every probe message the readers got, in µs of the
 /// run's clock, per pair.
 type Deliveries = Arc<Mutex<Vec<Vec<(u64, u64)>>>>;
+
+/// The deliveries, whoever panicked while holding them (a reader's push
+/// is complete or absent).
+fn lock(deliveries: &Deliveries) -> std::sync::MutexGuard<'_, Vec<Vec<(u64, u64)>>> {
+    deliveries
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Running probe pairs.
 pub struct Probes {
@@ -80,12 +89,8 @@ impl Probes {
     /// How long after `at` (µs) every pair had a message sent at or after
     /// `at` delivered, in ms; `None` if some pair had none.
     pub fn resume_ms(&self, at: u64) -> Option<u64> {
-        let deliveries = self
-            .deliveries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut longest = 0;
-        for pair in deliveries.iter() {
+        for pair in lock(&self.deliveries).iter() {
             let first = pair
                 .iter()
                 .filter(|(sent, _)| *sent >= at)
@@ -104,17 +109,12 @@ impl Probes {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
             let now = shared.now_us();
-            let steady = self
-                .deliveries
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .iter()
-                .all(|pair| {
-                    pair.last().is_some_and(|(sent, delivered)| {
-                        now.saturating_sub(*sent) < STEADY_WITHIN.as_micros() as u64
-                            && delivered.saturating_sub(*sent) < STEADY_LATENCY.as_micros() as u64
-                    })
-                });
+            let steady = lock(&self.deliveries).iter().all(|pair| {
+                pair.last().is_some_and(|(sent, delivered)| {
+                    now.saturating_sub(*sent) < STEADY_WITHIN.as_micros() as u64
+                        && delivered.saturating_sub(*sent) < STEADY_LATENCY.as_micros() as u64
+                })
+            });
             if steady {
                 return true;
             }
@@ -147,25 +147,15 @@ async fn send(
             tokio::time::sleep(REJOIN_AFTER).await;
             continue;
         };
-        let mut tick = tokio::time::interval(SEND_EVERY);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    n += 1;
-                    let frame = json!({"type": "send_message", "to": to,
-                        "client_msg_id": format!("probe{n}"),
-                        "body": format!("{PREFIX}{}", shared.now_us())});
-                    if ws.send(Message::Text(frame.to_string().into())).await.is_err() {
-                        break;
-                    }
-                }
-                // Acks and refusals alike are read and dropped.
-                frame = ws.next() => if !matches!(frame, Some(Ok(_))) { break },
-                _ = stop.changed() => {
-                    let _ = ws.close(None).await;
-                    return;
-                }
-            }
+        let ended = write_every(&mut ws, SEND_EVERY, &mut stop, || {
+            n += 1;
+            json!({"type": "send_message", "to": to,
+                "client_msg_id": format!("probe{n}"),
+                "body": format!("{PREFIX}{}", shared.now_us())})
+        })
+        .await;
+        if ended == Ended::Stopped {
+            return;
         }
         tokio::time::sleep(REJOIN_AFTER).await;
     }
@@ -190,11 +180,7 @@ async fn read(
                     Some(Ok(Message::Text(text))) => {
                         if let Some(sent) = probe_sent(&text) {
                             let now = shared.now_us();
-                            if let Some(list) = deliveries
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .get_mut(pair)
-                            {
+                            if let Some(list) = lock(&deliveries).get_mut(pair) {
                                 list.push((sent, now));
                             }
                         }

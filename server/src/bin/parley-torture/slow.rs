@@ -8,7 +8,8 @@
 //! is read from the edges' `parley_edge_slow_consumers_closed_total`
 //! counters; the close code from the readers' own sockets at the end.
 
-use futures::{SinkExt, StreamExt};
+use crate::ticker::write_every;
+use futures::StreamExt;
 use parley_server::client::{Socket, User, join};
 use serde_json::json;
 use std::time::Duration;
@@ -109,29 +110,17 @@ async fn read_until_stopped(mut ws: Socket, mut reading: watch::Receiver<bool>) 
     ws
 }
 
-/// Writes to `to` every [`SEND_EVERY`] and reads whatever comes back (acks,
+/// Writes to `to` every [`SEND_EVERY`] and drops whatever comes back (acks,
 /// refusals, its own messages), until told to stop.
 async fn send(mut ws: Socket, to: String, mut stop: watch::Receiver<bool>) {
     let body = "x".repeat(BODY_BYTES);
-    let mut tick = tokio::time::interval(SEND_EVERY);
     let mut n = 0u64;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                n += 1;
-                let frame = json!({"type": "send_message", "to": to,
-                    "client_msg_id": format!("slow{n}"), "body": body});
-                if ws.send(Message::Text(frame.to_string().into())).await.is_err() {
-                    return;
-                }
-            }
-            frame = ws.next() => if !matches!(frame, Some(Ok(_))) { return },
-            _ = stop.changed() => {
-                let _ = ws.close(None).await;
-                return;
-            }
-        }
-    }
+    write_every(&mut ws, SEND_EVERY, &mut stop, || {
+        n += 1;
+        json!({"type": "send_message", "to": to,
+            "client_msg_id": format!("slow{n}"), "body": body})
+    })
+    .await;
 }
 
 /// The sum of `parley_edge_slow_consumers_closed_total` over the edges'
