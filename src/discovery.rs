@@ -1,6 +1,7 @@
 //! Service discovery: instances announce themselves in the registry with a
 //! heartbeat; callers look instances up there and keep one lazily connected
-//! gRPC channel per address.
+//! gRPC channel per address, or call in process when this process serves
+//! the address ([`crate::grpc::local`]).
 //!
 //! Balancing is round-robin over the live instances of a kind, with passive
 //! health checks (as nginx's `max_fails`): a call that fails below gRPC
@@ -145,8 +146,16 @@ impl Discovery {
         self.channel_at(addr)
     }
 
-    /// The channel to one address, created on first use.
+    /// The channel to one address, created on first use; in process when
+    /// this process serves that address ([`crate::grpc::local`]).
     pub fn channel_at(&self, addr: &str) -> Result<Routed, ApiError> {
+        if let Some(routes) = crate::grpc::local::served_at(addr) {
+            return Ok(Routed {
+                transport: Transport::Local(routes),
+                addr: Arc::from(addr),
+                ejected: self.ejected.clone(),
+            });
+        }
         let mut channels = self
             .channels
             .lock()
@@ -157,7 +166,7 @@ impl Discovery {
                 let endpoint = Endpoint::from_shared(format!("http://{addr}"))
                     .map_err(|_| ApiError::unavailable(format!("bad service address {addr}")))?
                     .connect_timeout(Duration::from_secs(3))
-                    .timeout(Duration::from_secs(10))
+                    .timeout(CALL_TIMEOUT)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(20))
                     .keep_alive_while_idle(true);
@@ -167,18 +176,31 @@ impl Discovery {
             }
         };
         Ok(Routed {
-            channel,
+            transport: Transport::Remote(channel),
             addr: Arc::from(addr),
             ejected: self.ejected.clone(),
         })
     }
 }
 
+/// The longest a call to another instance may take, in process or not.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a [`Routed`] reaches its instance.
+#[derive(Clone, Debug)]
+enum Transport {
+    /// HTTP/2 to another process (or to this one through a port it does
+    /// not serve in process).
+    Remote(Channel),
+    /// The services themselves, called in this process.
+    Local(tonic::service::Routes),
+}
+
 /// A channel to one instance that reports transport failures to
 /// [`Discovery`], which then passes the instance over for a while.
 #[derive(Clone, Debug)]
 pub struct Routed {
-    channel: Channel,
+    transport: Transport,
     addr: Arc<str>,
     ejected: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -188,7 +210,18 @@ impl Routed {
     pub fn addr(&self) -> &str {
         &self.addr
     }
+
+    /// Whether calls stay in this process.
+    pub fn is_local(&self) -> bool {
+        matches!(self.transport, Transport::Local(_))
+    }
 }
+
+/// An in-process call that ran past [`CALL_TIMEOUT`] (a remote one reports
+/// tonic's own timeout).
+#[derive(Debug, thiserror::Error)]
+#[error("in-process call timed out after {0:?}")]
+pub struct LocalTimeout(Duration);
 
 /// Whether `error` is the request deadline running out: the instance may
 /// be slow, not gone, so it is not set aside for it (one that stops
@@ -220,27 +253,50 @@ type HttpResponse = http::Response<tonic::body::Body>;
 
 impl tower::Service<HttpRequest> for Routed {
     type Response = HttpResponse;
-    type Error = tonic::transport::Error;
+    /// `tonic::transport::Error` over the network, [`LocalTimeout`] in
+    /// process (the services themselves never fail below gRPC).
+    type Error = tonic::codegen::StdError;
     type Future = futures::future::BoxFuture<'static, Result<HttpResponse, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let ready = self.channel.poll_ready(cx);
-        if let Poll::Ready(Err(e)) = &ready {
-            eject(&self.ejected, &self.addr, e);
+        match &mut self.transport {
+            Transport::Remote(channel) => {
+                let ready = channel.poll_ready(cx);
+                if let Poll::Ready(Err(e)) = &ready {
+                    eject(&self.ejected, &self.addr, e);
+                }
+                ready.map_err(Into::into)
+            }
+            Transport::Local(_) => Poll::Ready(Ok(())),
         }
-        ready
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
-        let call = self.channel.call(request);
-        let (addr, ejected) = (self.addr.clone(), self.ejected.clone());
-        Box::pin(async move {
-            let result = call.await;
-            if let Err(e) = &result {
-                eject(&ejected, &addr, e);
+        match &mut self.transport {
+            Transport::Remote(channel) => {
+                let call = channel.call(request);
+                let (addr, ejected) = (self.addr.clone(), self.ejected.clone());
+                Box::pin(async move {
+                    let result = call.await;
+                    if let Err(e) = &result {
+                        eject(&ejected, &addr, e);
+                    }
+                    result.map_err(Into::into)
+                })
             }
-            result
-        })
+            Transport::Local(routes) => {
+                let guard = crate::grpc::InFlightGuard::new();
+                let call = routes.call(request);
+                Box::pin(async move {
+                    let _guard = guard;
+                    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+                        Ok(Ok(response)) => Ok(response),
+                        Ok(Err(never)) => match never {},
+                        Err(_) => Err(LocalTimeout(CALL_TIMEOUT).into()),
+                    }
+                })
+            }
+        }
     }
 }
 

@@ -1,6 +1,9 @@
 //! Serving a role's gRPC API: every server also serves reflection (so
 //! `grpcurl` can list and call it) and health, which reports NOT_SERVING
 //! until the role's backends answer and whenever they stop answering.
+//! What a server serves is also reachable in process ([`local`]).
+
+pub mod local;
 
 use crate::backends::Backends;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,6 +69,10 @@ pub async fn serve(
         }
     });
     let routes = routes.add_service(reflection).add_service(health);
+    let _local = listener
+        .local_addr()
+        .ok()
+        .map(|addr| local::Local::serve(addr.to_string(), routes.clone()));
     let result = Server::builder()
         .tcp_nodelay(true)
         .layer(tower::layer::layer_fn(CountInFlight))
@@ -85,11 +92,12 @@ pub fn in_flight() -> u64 {
 }
 
 /// Counts a request from its arrival until its response (or its
-/// cancellation) drops the guard.
-struct InFlightGuard;
+/// cancellation) drops the guard: requests served in process
+/// ([`local`]) count too.
+pub(crate) struct InFlightGuard;
 
 impl InFlightGuard {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
         Self
     }

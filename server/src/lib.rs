@@ -1,6 +1,9 @@
-//! The all-in-one Parley: every role in one process, talking gRPC to each
-//! other over loopback exactly as they do across machines (one code path),
-//! on the embedded backends unless real ones are configured.
+//! The all-in-one Parley: every role in one process, calling each other
+//! through the same discovery, generated clients and gRPC services as
+//! across machines (one code path), in process rather than over loopback
+//! HTTP/2 ([`parley::grpc::local`]; each role still listens on a loopback
+//! port, for grpcurl and for other nodes), on the embedded backends unless
+//! real ones are configured.
 //!
 //! [`App::start`] binds and starts everything and returns once the chat is
 //! being served, so tests bind port 0, read [`App::http_addr`] and go.

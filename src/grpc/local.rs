@@ -1,0 +1,139 @@
+//! The in-process transport: the gRPC services this process serves, by the
+//! address they are served on, so a caller in the same process (the
+//! all-in-one's edge calling its own chat-svc, chat-svc pushing to its own
+//! edge) reaches them with the same request and response types and the
+//! same generated client, but without HTTP/2 framing, a socket or the
+//! connection's own task. Issue 12 measured that loopback hop at about
+//! 15 % of the all-in-one's CPU per message.
+//!
+//! One code path, two transports: callers still find instances in the
+//! registry and take a [`crate::discovery::Routed`] to one; it goes in
+//! process when the address is served here (see [`served_at`]) and over
+//! the network otherwise. Requests are still protobuf-encoded, so what a
+//! local call exercises is what a remote one does, short of the wire.
+//!
+//! The table is process-wide because a bound socket address is: at most one
+//! listener of this process holds it, so the address names the service
+//! unambiguously, and tests that run several nodes in one process still
+//! reach each through its own address.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock, PoisonError};
+use tonic::service::Routes;
+
+type Table = HashMap<String, Routes>;
+
+fn table() -> &'static Mutex<Table> {
+    static TABLE: OnceLock<Mutex<Table>> = OnceLock::new();
+    TABLE.get_or_init(Mutex::default)
+}
+
+/// `routes` served at `addr` (`ip:port`, as registered) until the guard is
+/// dropped, which [`super::serve`] does when it stops serving: from then on
+/// callers go over the network and find the port closed, as they would
+/// find another process's.
+#[must_use = "the services are reachable in process only while the guard lives"]
+pub struct Local {
+    addr: String,
+}
+
+impl Local {
+    pub fn serve(addr: String, routes: Routes) -> Self {
+        table()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(addr.clone(), routes);
+        Self { addr }
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        table()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.addr);
+    }
+}
+
+/// The services this process serves at `addr`, if it serves any there.
+pub fn served_at(addr: &str) -> Option<Routes> {
+    table()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(addr)
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::backends::Backends;
+    use crate::config::BackendConfig;
+    use crate::discovery::Discovery;
+    use tokio_util::sync::CancellationToken;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    /// A health check through `discovery` to `addr`, and whether it stayed
+    /// in process.
+    async fn check(discovery: &Discovery, addr: &str) -> (bool, Result<i32, tonic::Status>) {
+        let routed = discovery.channel_at(addr).expect("an address");
+        let local = routed.is_local();
+        let answer = HealthClient::new(routed)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status);
+        (local, answer)
+    }
+
+    #[tokio::test]
+    async fn a_service_of_this_process_is_called_in_process_while_served_and_over_the_network_after()
+     {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let backends = Backends::open(&BackendConfig::embedded(dir.path()))
+            .await
+            .expect("embedded backends");
+        let discovery = Discovery::new(backends.registry.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("an address").to_string();
+        assert!(super::served_at(&addr).is_none());
+
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(super::super::serve(
+            listener,
+            tonic::service::Routes::default(),
+            &[],
+            backends,
+            shutdown.clone(),
+        ));
+        // Served in process from the moment the server accepts calls.
+        let mut answered = None;
+        for _ in 0..100 {
+            if super::served_at(&addr).is_some() {
+                answered = Some(check(&discovery, &addr).await);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let (local, status) = answered.expect("the server registered its services in process");
+        assert!(local, "a service of this process is called in process");
+        // SERVING (1): the health service answered, in process.
+        assert_eq!(status.expect("an answer"), 1);
+
+        shutdown.cancel();
+        server
+            .await
+            .expect("the server task")
+            .expect("a clean stop");
+        let (local, status) = check(&discovery, &addr).await;
+        assert!(!local, "a stopped server is no longer reached in process");
+        assert!(
+            status.is_err(),
+            "the closed port refuses the call over the network"
+        );
+    }
+}
