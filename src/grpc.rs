@@ -75,7 +75,10 @@ pub async fn serve(
         .map(|addr| local::Local::serve(addr.to_string(), routes.clone()));
     let result = Server::builder()
         .tcp_nodelay(true)
-        .layer(tower::layer::layer_fn(CountInFlight))
+        .layer(tower::layer::layer_fn(|inner| CountInFlight {
+            inner,
+            count: &IN_FLIGHT,
+        }))
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await;
@@ -94,24 +97,33 @@ pub fn in_flight() -> u64 {
 /// Counts a request from its arrival until its response (or its
 /// cancellation) drops the guard: requests served in process
 /// ([`local`]) count too.
-pub(crate) struct InFlightGuard;
+pub(crate) struct InFlightGuard(&'static AtomicU64);
 
 impl InFlightGuard {
+    /// Counts one request in [`in_flight`].
     pub(crate) fn new() -> Self {
-        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
-        Self
+        Self::counting(&IN_FLIGHT)
+    }
+
+    fn counting(count: &'static AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
     }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// The tower middleware that keeps [`IN_FLIGHT`].
+/// The tower middleware that keeps [`IN_FLIGHT`] (`count`: another
+/// counter only in tests, which run beside other servers of the process).
 #[derive(Clone, Debug)]
-struct CountInFlight<S>(S);
+struct CountInFlight<S> {
+    inner: S,
+    count: &'static AtomicU64,
+}
 
 impl<S, R> tower::Service<R> for CountInFlight<S>
 where
@@ -123,12 +135,12 @@ where
     type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        let guard = InFlightGuard::new();
-        let response = self.0.call(request);
+        let guard = InFlightGuard::counting(self.count);
+        let response = self.inner.call(request);
         Box::pin(async move {
             let _guard = guard;
             response.await
@@ -170,7 +182,12 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(())
             }
         });
-        let mut service = CountInFlight(inner);
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        let in_flight = || COUNT.load(Ordering::Relaxed);
+        let mut service = CountInFlight {
+            inner,
+            count: &COUNT,
+        };
         let before = in_flight();
         let pending = service.ready().await.unwrap().call(());
         assert_eq!(in_flight(), before + 1);

@@ -37,7 +37,8 @@ mod embedded_bus_checks {
         resumes_after_the_last_commit,
         groups_are_independent,
         members_share_and_take_over,
-        reports_consumer_lag
+        reports_consumer_lag,
+        counts_uncommitted_records
     );
 
     #[tokio::test]

@@ -40,7 +40,8 @@ pub async fn serve(
     backends: Backends,
     shutdown: CancellationToken,
 ) -> Result<(), parley::grpc::ServeError> {
-    let sequencer = tokio::spawn(sequencer::run(chat.clone(), shutdown.clone()));
+    let (caught_up, replayed) = tokio::sync::oneshot::channel();
+    let sequencer = tokio::spawn(sequencer::run(chat.clone(), caught_up, shutdown.clone()));
     let receipts = tokio::spawn(chat.receipts.clone().flush_every(
         receipts::FLUSH_EVERY,
         backends.bus.clone(),
@@ -51,9 +52,16 @@ pub async fn serve(
         chat.webhook().cloned(),
         shutdown.clone(),
     ));
-    let routes = tonic::service::Routes::new(grpc::server(chat));
-    let served =
-        parley::grpc::serve(listener, routes, grpc::NAMES, backends, shutdown.clone()).await;
+    // Nothing is answered before the store is back to what clients may have
+    // been shown (see `Store::rolls_back_on_crash`); callers wait in the
+    // listener's backlog meanwhile.
+    let served = tokio::select! {
+        _ = replayed => {
+            let routes = tonic::service::Routes::new(grpc::server(chat));
+            parley::grpc::serve(listener, routes, grpc::NAMES, backends, shutdown.clone()).await
+        }
+        () = shutdown.cancelled() => Ok(()),
+    };
     shutdown.cancel();
     let _ = receipts.await;
     let _ = sequencer.await;

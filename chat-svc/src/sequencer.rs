@@ -39,6 +39,7 @@ use parley::store::{Appended, Store, StoreError, changes_message};
 use prost::Message;
 use std::collections::HashMap;
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 pub const GROUP: &str = "chat-svc";
@@ -58,8 +59,15 @@ pub async fn queue(bus: &dyn EventBus, event: chat_event::Event) -> Result<(), B
 }
 
 /// Consumes until `shutdown`. Store failures are retried with backoff
-/// without committing, so nothing is skipped.
-pub async fn run(chat: Chat, shutdown: CancellationToken) {
+/// without committing, so nothing is skipped. Offsets are committed after
+/// [`Store::sync`] made what the batches wrote durable, at most every
+/// [`DURABLE_EVERY`] while records come, and within it of the last batch
+/// when they stop. `caught_up` is told once the store holds everything
+/// the log held when the sequencer joined (at once unless the store
+/// [rolls back on a crash](Store::rolls_back_on_crash): then once the
+/// group's lag on `chat-messages` is 0; nothing else writes to the log
+/// while chat-svc waits for it).
+pub async fn run(chat: Chat, caught_up: oneshot::Sender<()>, shutdown: CancellationToken) {
     let bus = chat.backends.bus.as_ref();
     let Some(mut subscription) = subscribe_until(bus, GROUP, Topic::ChatMessages, &shutdown).await
     else {
@@ -71,13 +79,115 @@ pub async fn run(chat: Chat, shutdown: CancellationToken) {
         chat.pusher.clone(),
         shutdown.clone(),
     ));
-    while let Some(batch) = next_batch_until(subscription.as_mut(), BATCH, &shutdown).await {
+    let store = chat.backends.store.as_ref();
+    let mut pending = Pending::default();
+    let mut caught_up = Some(caught_up);
+    if !store.rolls_back_on_crash()
+        && let Some(tx) = caught_up.take()
+    {
+        let _ = tx.send(());
+    }
+    loop {
+        if caught_up.is_some()
+            && pending.is_empty()
+            && replayed(bus).await
+            && let Some(tx) = caught_up.take()
+        {
+            tracing::info!("the store holds everything the log held at start");
+            let _ = tx.send(());
+        }
+        let batch = tokio::select! {
+            batch = next_batch_until(subscription.as_mut(), BATCH, &shutdown) => batch,
+            () = tokio::time::sleep_until(pending.due()), if !pending.is_empty() => {
+                pending.commit(store, subscription.as_mut()).await;
+                continue;
+            }
+        };
+        let Some(batch) = batch else { break };
         if !process_until_done(&chat, &tally, &batch, &shutdown).await {
             break;
         }
-        commit(subscription.as_mut(), &batch).await;
+        pending.add(&batch);
+        if pending.due() <= tokio::time::Instant::now() {
+            pending.commit(store, subscription.as_mut()).await;
+        }
     }
+    // What was processed is made durable and committed on the way out, so
+    // an ordinary restart replays nothing.
+    pending.commit(store, subscription.as_mut()).await;
     let _ = flusher.await;
+}
+
+/// Whether the group has committed every record of `chat-messages`
+/// ([`EventBus::uncommitted`] is 0). A bus that cannot tell (Kafka beside
+/// the embedded store) is taken as replayed, with a warning: the store may
+/// then be behind what clients were shown for as long as the replay takes.
+async fn replayed(bus: &dyn EventBus) -> bool {
+    match bus.uncommitted(GROUP, Topic::ChatMessages).await {
+        Some(n) => n == 0,
+        None => {
+            tracing::warn!(
+                "cannot tell whether the store replayed the log; serving before it may have"
+            );
+            true
+        }
+    }
+}
+
+/// How long processed records may wait for their offsets' commit (and the
+/// store's fsync before it): the most a crash makes the sequencer replay,
+/// and the fsyncs one durable point per interval saves.
+pub const DURABLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Records processed but not committed yet: the last of each partition,
+/// since a commit covers everything before it in its partition.
+#[derive(Default)]
+struct Pending {
+    last: HashMap<u32, Record>,
+    since: Option<tokio::time::Instant>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
+
+    fn add(&mut self, batch: &[Record]) {
+        for record in batch {
+            match self.last.get(&record.partition) {
+                Some(last) if last.offset >= record.offset => {}
+                _ => {
+                    self.last.insert(record.partition, record.clone());
+                }
+            }
+        }
+        if !batch.is_empty() && self.since.is_none() {
+            self.since = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// When the oldest pending record has waited [`DURABLE_EVERY`].
+    fn due(&self) -> tokio::time::Instant {
+        self.since
+            .map_or_else(tokio::time::Instant::now, |since| since + DURABLE_EVERY)
+    }
+
+    /// Makes the store durable, then commits; if the store cannot sync,
+    /// nothing is committed (the records are replayed after a crash) and
+    /// the next call tries again.
+    async fn commit(&mut self, store: &dyn Store, subscription: &mut dyn Subscription) {
+        if self.last.is_empty() {
+            return;
+        }
+        if let Err(e) = store.sync().await {
+            tracing::warn!(error = %e, "cannot make the store durable; offsets not committed");
+            self.since = Some(tokio::time::Instant::now());
+            return;
+        }
+        let records: Vec<Record> = self.last.drain().map(|(_, r)| r).collect();
+        self.since = None;
+        commit(subscription, &records).await;
+    }
 }
 
 async fn process_until_done(

@@ -523,6 +523,24 @@ impl EventBus for EmbeddedBus {
         }
         known.then_some(lag)
     }
+
+    async fn uncommitted(&self, group: &str, topic: Topic) -> Option<u64> {
+        let heads = self.inner.heads.lock().ok()?;
+        let committed = self.inner.committed.lock().ok()?;
+        Some(
+            heads
+                .iter()
+                .filter(|((t, _), _)| *t == topic)
+                .map(|((t, p), head)| {
+                    let done = committed
+                        .get(&(group.to_owned(), *t, *p))
+                        .copied()
+                        .unwrap_or(0);
+                    head.saturating_sub(done)
+                })
+                .sum(),
+        )
+    }
 }
 
 struct EmbeddedSubscription {

@@ -103,6 +103,17 @@ pub trait EventBus: Send + Sync + 'static {
     /// unknown (the group never committed, the view is not filled yet or the
     /// broker does not answer): callers must not refuse work on a `None`.
     async fn lag(&self, group: &str, topic: Topic) -> Option<u64>;
+
+    /// Records of `topic` after `group`'s committed offset in each
+    /// partition, a partition it never committed on counted from offset 0:
+    /// what the group has still to process, where nothing of that
+    /// partition was trimmed before the group joined (true of a topic with
+    /// one consumer group, as `chat-messages`). Unlike [`EventBus::lag`] it
+    /// also counts a group that never committed. `None` where the bus
+    /// cannot answer from memory.
+    async fn uncommitted(&self, _group: &str, _topic: Topic) -> Option<u64> {
+        None
+    }
 }
 
 /// How old a background view of consumer lag may be.

@@ -260,3 +260,36 @@ pub async fn reports_consumer_lag(bus: Arc<dyn EventBus>) {
     sub.commit(&rest).await.unwrap();
     lag_becomes(bus.as_ref(), &group, Some(0)).await;
 }
+
+/// `uncommitted` counts what a group has still to process, also before its
+/// first commit (the sequencer waits for 0 before chat-svc answers, see
+/// `Store::rolls_back_on_crash`). For a bus of the check's own: it counts
+/// every record of the topic.
+pub async fn counts_uncommitted_records(bus: Arc<dyn EventBus>) {
+    let prefix = unique("uncommitted");
+    let group = unique("g");
+    let Some(before) = bus.uncommitted(&group, Topic::ChatMessages).await else {
+        return;
+    };
+    assert_eq!(before, 0, "an empty topic has nothing uncommitted");
+    for (i, key) in ["a", "b", "c"].iter().enumerate() {
+        bus.publish(
+            Topic::ChatMessages,
+            &format!("{prefix}-{key}"),
+            Bytes::from(format!("{i}")),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        bus.uncommitted(&group, Topic::ChatMessages).await,
+        Some(3),
+        "a group that never committed has every record still to process"
+    );
+    let mut sub = bus.subscribe(&group, Topic::ChatMessages).await.unwrap();
+    let records = collect(&mut sub, &prefix, 3).await;
+    sub.commit(&records[..1]).await.unwrap();
+    assert_eq!(bus.uncommitted(&group, Topic::ChatMessages).await, Some(2));
+    sub.commit(&records).await.unwrap();
+    assert_eq!(bus.uncommitted(&group, Topic::ChatMessages).await, Some(0));
+}

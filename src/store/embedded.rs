@@ -1,6 +1,13 @@
 //! The embedded store: redb tables under the data directory, protobuf
-//! values. Every write commits with fsync before answering, because the bus
-//! offset that follows a write may be committed right after it.
+//! values. Every write commits with fsync before answering, except the
+//! sequencer's (`append_messages`, `apply_change`): those commit without
+//! one and become durable at the next fsync, at the latest the next
+//! [`Store::sync`], which the sequencer calls before it commits the bus
+//! offsets of what it wrote (a crash before then replays the records onto
+//! the store as it was at the last fsync: redb keeps commits in order, so
+//! what survives is a prefix of each partition's records, and the replay
+//! assigns the same seqs). Until then they are visible to readers like any
+//! commit.
 //!
 //! redb calls block, so each method runs on tokio's blocking pool.
 
@@ -14,7 +21,9 @@ use crate::proto::{
 };
 use async_trait::async_trait;
 use prost::Message;
-use redb::{Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition,
+};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -513,7 +522,8 @@ impl Store for EmbeddedStore {
     async fn apply_change(&self, change: &ChatMessage) -> Result<(), StoreError> {
         let change = change.clone();
         self.blocking(move |db| {
-            let txn = db.begin_write().map_err(unavailable)?;
+            let mut txn = db.begin_write().map_err(unavailable)?;
+            txn.set_durability(Durability::None).map_err(unavailable)?;
             {
                 let mut stored = txn.open_table(MESSAGES).map_err(unavailable)?;
                 let conversation = change.conversation_id.as_str();
@@ -545,7 +555,9 @@ impl Store for EmbeddedStore {
     async fn append_messages(&self, messages: &[ChatMessage]) -> Result<Vec<Appended>, StoreError> {
         let messages = messages.to_vec();
         self.blocking(move |db| {
-            let txn = db.begin_write().map_err(unavailable)?;
+            let mut txn = db.begin_write().map_err(unavailable)?;
+            // Durable at the next fsync (see the module docs).
+            txn.set_durability(Durability::None).map_err(unavailable)?;
             let mut out = Vec::with_capacity(messages.len());
             {
                 let mut conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
@@ -784,5 +796,19 @@ impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.blocking(|db| db.begin_read().map(|_| ()).map_err(unavailable))
             .await
+    }
+
+    fn rolls_back_on_crash(&self) -> bool {
+        true
+    }
+
+    /// An empty commit with fsync: redb then persists every commit before
+    /// it (its `Durability::None` contract).
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_write().map_err(unavailable)?;
+            txn.commit().map_err(unavailable)
+        })
+        .await
     }
 }

@@ -323,4 +323,28 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Option<u64>>, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Makes every write made before it durable. The sequencer's writes
+    /// ([`Store::append_messages`], [`Store::apply_change`]) need to be
+    /// durable only from here on: the sequencer calls it before it commits
+    /// the offsets of what it wrote, so a crash in between replays those
+    /// records from the bus onto the store as it was at the last `sync`,
+    /// assigning the same seqs (the log is the write-ahead record, the
+    /// store a view of it: one durability point per message, issue 12).
+    /// The embedded store commits those writes without fsync and fsyncs
+    /// here; a store whose writes are durable when they return (MongoDB,
+    /// acknowledged writes) has nothing to do.
+    async fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether a crash can take back the sequencer's writes since the last
+    /// [`Store::sync`] (the embedded store's). Clients may have been
+    /// pushed what they wrote, so chat-svc then answers nothing until its
+    /// sequencer has replayed what the log held at start: no client sees
+    /// the store behind what it was shown before the crash (`sync` and
+    /// `history` without it, an edit of it refused as `not_found`).
+    fn rolls_back_on_crash(&self) -> bool {
+        false
+    }
 }

@@ -71,6 +71,9 @@ pub struct Figures {
     pub stored_unacked: u64,
     pub undelivered: u64,
     pub dup_delivered: u64,
+    /// Messages a device was shown under a seq other than the stored one
+    /// (a replay after a crash must assign the seqs it assigned before).
+    pub seq_changed: u64,
     pub changes_acked: u64,
     pub changes_lost: u64,
     pub changes_dup: u64,
@@ -91,6 +94,7 @@ impl Figures {
         self.stored_unacked += o.stored_unacked;
         self.undelivered += o.undelivered;
         self.dup_delivered += o.dup_delivered;
+        self.seq_changed += o.seq_changed;
         self.changes_acked += o.changes_acked;
         self.changes_lost += o.changes_lost;
         self.changes_dup += o.changes_dup;
@@ -107,6 +111,7 @@ impl Figures {
             && self.reorders == 0
             && self.undelivered == 0
             && self.dup_delivered == 0
+            && self.seq_changed == 0
             && self.changes_lost == 0
             && self.changes_dup == 0
             && self.changes_wrong == 0
@@ -116,7 +121,7 @@ impl Figures {
     /// `key=value` pairs for the summary line.
     pub fn pairs(&self) -> String {
         format!(
-            "acked={} stored={} lost={} dup={} gaps={} reorders={} undelivered={} dup_delivered={} id_mismatch={} stored_unacked={} changes_acked={} changes_lost={} changes_dup={} changes_wrong={} changes_unacked_applied={} changes_id_mismatch={}",
+            "acked={} stored={} lost={} dup={} gaps={} reorders={} undelivered={} dup_delivered={} seq_changed={} id_mismatch={} stored_unacked={} changes_acked={} changes_lost={} changes_dup={} changes_wrong={} changes_unacked_applied={} changes_id_mismatch={}",
             self.acked,
             self.stored,
             self.lost,
@@ -125,6 +130,7 @@ impl Figures {
             self.reorders,
             self.undelivered,
             self.dup_delivered,
+            self.seq_changed,
             self.id_mismatch,
             self.stored_unacked,
             self.changes_acked,
@@ -371,7 +377,24 @@ fn check_deliveries(
         .iter()
         .map(|&m| world.users[m].id.as_str())
         .collect();
+    let stored_seqs: HashMap<&str, u64> = stored
+        .values()
+        .flatten()
+        .filter_map(|m| Some((m["id"].as_str()?, m["seq"].as_u64()?)))
+        .collect();
     for view in views.iter().filter(|v| members.contains(v.user.as_str())) {
+        for (id, seqs) in view.seqs.get(conversation).into_iter().flatten() {
+            let Some(&stored_seq) = stored_seqs.get(id.as_str()) else {
+                continue;
+            };
+            if seqs.iter().any(|s| *s != stored_seq) {
+                f.seq_changed += 1;
+                report.finding(format!(
+                    "{conversation}: message {id} reached device {} as seq {seqs:?}, stored as {stored_seq}",
+                    view.device
+                ));
+            }
+        }
         for (key, _) in ledger
             .sends
             .iter()

@@ -750,6 +750,15 @@ impl Device {
         {
             self.plan_change(conversation, &key, id);
         }
+        if let Some(seq) = m["seq"].as_u64() {
+            self.view
+                .seqs
+                .entry(conversation.to_owned())
+                .or_default()
+                .entry(id.to_owned())
+                .or_default()
+                .insert(seq);
+        }
         self.on_seq(conversation, m["seq"].as_u64().unwrap_or(0), out);
     }
 

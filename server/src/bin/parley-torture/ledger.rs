@@ -174,6 +174,8 @@ pub struct DeviceView {
     pub got: HashMap<Key, BTreeSet<String>>,
     /// Change ids received per (sender, client_msg_id).
     pub changes_seen: HashMap<Key, BTreeSet<String>>,
+    /// The seqs each message id was received with, per conversation.
+    pub seqs: HashMap<String, HashMap<String, BTreeSet<u64>>>,
     /// The last seq received with none missing before it, per conversation.
     pub contiguous: HashMap<String, u64>,
     /// Send → first delivery here of other members' messages, in µs.

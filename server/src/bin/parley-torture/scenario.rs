@@ -347,12 +347,13 @@ async fn one(args: &Args, scenario: Scenario) -> anyhow::Result<(String, bool)> 
     let devices = views.len();
     let timeline = Timeline::new(&views);
     let mut line = format!(
-        "FAULTS scenario={} result=? devices={devices} acked={} lost={} dup={} dup_delivered={} reorders={} gaps={} undelivered={} changes_lost={} changes_dup={} unacked={unacked} synced={complete}/{devices}",
+        "FAULTS scenario={} result=? devices={devices} acked={} lost={} dup={} dup_delivered={} seq_changed={} reorders={} gaps={} undelivered={} changes_lost={} changes_dup={} unacked={unacked} synced={complete}/{devices}",
         name(scenario),
         report.total.acked,
         report.total.lost,
         report.total.dup,
         report.total.dup_delivered,
+        report.total.seq_changed,
         report.total.reorders,
         report.total.gaps,
         report.total.undelivered,
