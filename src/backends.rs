@@ -109,10 +109,18 @@ impl Backends {
                         cause: e.to_string(),
                     })?,
             ),
-            None => Arc::new(
-                EmbeddedStore::open(&config.data_dir)
-                    .map_err(|e| embedded("store", e.to_string()))?,
-            ),
+            None => {
+                let store = EmbeddedStore::open(&config.data_dir)
+                    .map_err(|e| embedded("store", e.to_string()))?;
+                // The replay after a crash must be observable before the
+                // store may lag the log (see `Store::rolls_back_on_crash`):
+                // the embedded bus answers `uncommitted`, Kafka does not.
+                Arc::new(if config.kafka_brokers.is_none() {
+                    store.deferring_sequencer_fsync()
+                } else {
+                    store
+                })
+            }
         };
         let restarts = Restarts::watch(&registry);
         Ok(Self {

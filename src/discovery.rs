@@ -217,11 +217,17 @@ impl Routed {
     }
 }
 
-/// An in-process call that ran past [`CALL_TIMEOUT`] (a remote one reports
-/// tonic's own timeout).
+/// An in-process call that failed below gRPC.
 #[derive(Debug, thiserror::Error)]
-#[error("in-process call timed out after {0:?}")]
-pub struct LocalTimeout(Duration);
+pub enum LocalFailure {
+    /// It ran past [`CALL_TIMEOUT`] (a remote one reports tonic's own
+    /// timeout).
+    #[error("in-process call timed out after {0:?}")]
+    TimedOut(Duration),
+    /// Its handler panicked (over the network the connection would reset).
+    #[error("in-process call failed: {0}")]
+    Panicked(String),
+}
 
 /// Whether `error` is the request deadline running out: the instance may
 /// be slow, not gone, so it is not set aside for it (one that stops
@@ -253,8 +259,8 @@ type HttpResponse = http::Response<tonic::body::Body>;
 
 impl tower::Service<HttpRequest> for Routed {
     type Response = HttpResponse;
-    /// `tonic::transport::Error` over the network, [`LocalTimeout`] in
-    /// process (the services themselves never fail below gRPC).
+    /// `tonic::transport::Error` over the network, [`LocalFailure`] in
+    /// process.
     type Error = tonic::codegen::StdError;
     type Future = futures::future::BoxFuture<'static, Result<HttpResponse, Self::Error>>;
 
@@ -286,13 +292,16 @@ impl tower::Service<HttpRequest> for Routed {
             }
             Transport::Local(routes) => {
                 let guard = crate::grpc::InFlightGuard::new();
-                let call = routes.call(request);
+                // A task of its own, as the network server gives each call:
+                // a handler that panics fails its call, not the caller.
+                let call = tokio::spawn(routes.call(request));
                 Box::pin(async move {
                     let _guard = guard;
                     match tokio::time::timeout(CALL_TIMEOUT, call).await {
-                        Ok(Ok(response)) => Ok(response),
-                        Ok(Err(never)) => match never {},
-                        Err(_) => Err(LocalTimeout(CALL_TIMEOUT).into()),
+                        Ok(Ok(Ok(response))) => Ok(response),
+                        Ok(Ok(Err(never))) => match never {},
+                        Ok(Err(failed)) => Err(LocalFailure::Panicked(failed.to_string()).into()),
+                        Err(_) => Err(LocalFailure::TimedOut(CALL_TIMEOUT).into()),
                     }
                 })
             }

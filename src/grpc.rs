@@ -69,19 +69,28 @@ pub async fn serve(
         }
     });
     let routes = routes.add_service(reflection).add_service(health);
-    let _local = listener
+    let local = listener
         .local_addr()
         .ok()
         .map(|addr| local::Local::serve(addr.to_string(), routes.clone()));
-    let result = Server::builder()
+    // In-process callers stop finding the server when shutdown starts, as
+    // network callers get GOAWAY then, not when the drain ends.
+    let delist = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            drop(local);
+        }
+    };
+    let served = Server::builder()
         .tcp_nodelay(true)
         .layer(tower::layer::layer_fn(|inner| CountInFlight {
             inner,
             count: &IN_FLIGHT,
         }))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
-        .await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned());
+    let (result, ()) = tokio::join!(served, delist);
     watcher.abort();
     Ok(result?)
 }

@@ -41,7 +41,18 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), parley::grpc::ServeError> {
     let (caught_up, replayed) = tokio::sync::oneshot::channel();
-    let sequencer = tokio::spawn(sequencer::run(chat.clone(), caught_up, shutdown.clone()));
+    // A sequencer that fails (panics) stops the node: chat-svc must not go
+    // on acking sends nothing would sequence.
+    let sequencer = tokio::spawn({
+        let (chat, shutdown) = (chat.clone(), shutdown.clone());
+        async move {
+            let run = tokio::spawn(sequencer::run(chat, caught_up, shutdown.clone()));
+            if let Err(e) = run.await {
+                tracing::error!(error = %e, "the sequencer failed; stopping");
+                shutdown.cancel();
+            }
+        }
+    });
     let receipts = tokio::spawn(chat.receipts.clone().flush_every(
         receipts::FLUSH_EVERY,
         backends.bus.clone(),
@@ -56,10 +67,19 @@ pub async fn serve(
     // been shown (see `Store::rolls_back_on_crash`); callers wait in the
     // listener's backlog meanwhile.
     let served = tokio::select! {
-        _ = replayed => {
-            let routes = tonic::service::Routes::new(grpc::server(chat));
-            parley::grpc::serve(listener, routes, grpc::NAMES, backends, shutdown.clone()).await
-        }
+        caught_up = replayed => match caught_up {
+            Ok(()) => {
+                let routes = tonic::service::Routes::new(grpc::server(chat));
+                parley::grpc::serve(listener, routes, grpc::NAMES, backends, shutdown.clone())
+                    .await
+            }
+            // The sequencer ended without catching up (it panicked): nothing
+            // would sequence what chat-svc acked, so it does not serve.
+            Err(_) => {
+                tracing::error!("the sequencer stopped before the store caught up; chat-svc is not serving");
+                Ok(())
+            }
+        },
         () = shutdown.cancelled() => Ok(()),
     };
     shutdown.cancel();

@@ -139,12 +139,20 @@ async fn replayed(bus: &dyn EventBus) -> bool {
 /// and the fsyncs one durable point per interval saves.
 pub const DURABLE_EVERY: Duration = Duration::from_millis(100);
 
+/// Most records processed before their commit, whatever the time: send
+/// admission counts uncommitted records as the sequencers' backlog (at
+/// most 400 by default, `PARLEY_MAX_BACKLOG`), so records waiting only for
+/// the durable point must stay well below it.
+pub const DURABLE_AFTER: usize = 100;
+
 /// Records processed but not committed yet: the last of each partition,
 /// since a commit covers everything before it in its partition.
 #[derive(Default)]
 struct Pending {
     last: HashMap<u32, Record>,
     since: Option<tokio::time::Instant>,
+    /// Records processed since the last commit.
+    records: usize,
 }
 
 impl Pending {
@@ -164,12 +172,17 @@ impl Pending {
         if !batch.is_empty() && self.since.is_none() {
             self.since = Some(tokio::time::Instant::now());
         }
+        self.records += batch.len();
     }
 
-    /// When the oldest pending record has waited [`DURABLE_EVERY`].
+    /// When the oldest pending record has waited [`DURABLE_EVERY`], or now
+    /// once [`DURABLE_AFTER`] records wait.
     fn due(&self) -> tokio::time::Instant {
-        self.since
-            .map_or_else(tokio::time::Instant::now, |since| since + DURABLE_EVERY)
+        let now = tokio::time::Instant::now();
+        if self.records >= DURABLE_AFTER {
+            return now;
+        }
+        self.since.map_or(now, |since| since + DURABLE_EVERY)
     }
 
     /// Makes the store durable, then commits; if the store cannot sync,
@@ -184,9 +197,16 @@ impl Pending {
             self.since = Some(tokio::time::Instant::now());
             return;
         }
-        let records: Vec<Record> = self.last.drain().map(|(_, r)| r).collect();
-        self.since = None;
-        commit(subscription, &records).await;
+        let records: Vec<Record> = self.last.values().cloned().collect();
+        if commit(subscription, &records).await {
+            self.last.clear();
+            self.since = None;
+            self.records = 0;
+        } else {
+            // Kept and tried again: a commit lost here would leave the
+            // start-up gate waiting for `uncommitted` to reach 0 forever.
+            self.since = Some(tokio::time::Instant::now());
+        }
     }
 }
 
@@ -212,10 +232,16 @@ async fn process_until_done(
     }
 }
 
-async fn commit(subscription: &mut dyn Subscription, batch: &[Record]) {
-    if let Err(e) = subscription.commit(batch).await {
-        // The batch will be consumed again; the store dedupes it.
-        tracing::warn!(error = %e, "offset commit failed");
+/// Commits `batch`'s offsets; false (logged) when the bus refused: the
+/// records are consumed again after a restart or rebalance, and the store
+/// dedupes them.
+async fn commit(subscription: &mut dyn Subscription, batch: &[Record]) -> bool {
+    match subscription.commit(batch).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "offset commit failed");
+            false
+        }
     }
 }
 

@@ -7,6 +7,8 @@
 //!
 //! [`App::start`] binds and starts everything and returns once the chat is
 //! being served, so tests bind port 0, read [`App::http_addr`] and go.
+//! (After a crash chat-svc answers once its sequencer has replayed the
+//! log, see `Store::rolls_back_on_crash`; calls wait for it meanwhile.)
 
 pub mod cli;
 pub mod client;

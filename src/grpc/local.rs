@@ -18,10 +18,13 @@
 //! reach each through its own address.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use tonic::service::Routes;
 
-type Table = HashMap<String, Routes>;
+/// Routes by address, each with the number of the [`Local`] that put it
+/// there.
+type Table = HashMap<String, (u64, Routes)>;
 
 fn table() -> &'static Mutex<Table> {
     static TABLE: OnceLock<Mutex<Table>> = OnceLock::new();
@@ -35,24 +38,32 @@ fn table() -> &'static Mutex<Table> {
 #[must_use = "the services are reachable in process only while the guard lives"]
 pub struct Local {
     addr: String,
+    /// Which registration this is: a port closed and bound again by
+    /// another server of the process must not lose that one's entry.
+    number: u64,
 }
 
 impl Local {
     pub fn serve(addr: String, routes: Routes) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let number = NEXT.fetch_add(1, Ordering::Relaxed);
         table()
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(addr.clone(), routes);
-        Self { addr }
+            .insert(addr.clone(), (number, routes));
+        Self { addr, number }
     }
 }
 
 impl Drop for Local {
     fn drop(&mut self) {
-        table()
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.addr);
+        let mut table = table().lock().unwrap_or_else(PoisonError::into_inner);
+        if table
+            .get(&self.addr)
+            .is_some_and(|(n, _)| *n == self.number)
+        {
+            table.remove(&self.addr);
+        }
     }
 }
 
@@ -62,7 +73,7 @@ pub fn served_at(addr: &str) -> Option<Routes> {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .get(addr)
-        .cloned()
+        .map(|(_, routes)| routes.clone())
 }
 
 #[cfg(test)]
@@ -86,6 +97,17 @@ mod tests {
             .await
             .map(|r| r.into_inner().status);
         (local, answer)
+    }
+
+    #[test]
+    fn a_server_gone_from_an_address_does_not_delist_the_next_one_there() {
+        let addr = "127.0.0.1:1".to_owned();
+        let first = super::Local::serve(addr.clone(), tonic::service::Routes::default());
+        let second = super::Local::serve(addr.clone(), tonic::service::Routes::default());
+        drop(first);
+        assert!(super::served_at(&addr).is_some());
+        drop(second);
+        assert!(super::served_at(&addr).is_none());
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! The embedded store: redb tables under the data directory, protobuf
-//! values. Every write commits with fsync before answering, except the
+//! values. Every write commits with fsync before answering, except, beside
+//! the embedded bus (`EmbeddedStore::deferring_sequencer_fsync`), the
 //! sequencer's (`append_messages`, `apply_change`): those commit without
 //! one and become durable at the next fsync, at the latest the next
 //! [`Store::sync`], which the sequencer calls before it commits the bus
@@ -50,6 +51,10 @@ const CACHE_BYTES: usize = 128 * 1024 * 1024;
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// Whether the sequencer's writes wait for [`Store::sync`] for their
+    /// fsync (see the module docs); only beside a bus that can say when
+    /// the replay after a crash is done ([`crate::bus::EventBus::uncommitted`]).
+    deferred: bool,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -86,7 +91,28 @@ impl EmbeddedStore {
         txn.open_table(MESSAGE_BY_ID).map_err(unavailable)?;
         txn.open_table(CURSORS).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            deferred: false,
+        })
+    }
+
+    /// Lets the sequencer's writes wait for [`Store::sync`] for their fsync.
+    /// Only beside a bus whose [`crate::bus::EventBus::uncommitted`]
+    /// answers (the embedded one): chat-svc must be able to tell when the
+    /// replay after a crash is done before it serves.
+    pub fn deferring_sequencer_fsync(mut self) -> Self {
+        self.deferred = true;
+        self
+    }
+
+    /// The durability of a sequencer's write.
+    fn sequencer_durability(&self) -> Durability {
+        if self.deferred {
+            Durability::None
+        } else {
+            Durability::Immediate
+        }
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -521,9 +547,10 @@ impl Store for EmbeddedStore {
 
     async fn apply_change(&self, change: &ChatMessage) -> Result<(), StoreError> {
         let change = change.clone();
+        let durability = self.sequencer_durability();
         self.blocking(move |db| {
             let mut txn = db.begin_write().map_err(unavailable)?;
-            txn.set_durability(Durability::None).map_err(unavailable)?;
+            txn.set_durability(durability).map_err(unavailable)?;
             {
                 let mut stored = txn.open_table(MESSAGES).map_err(unavailable)?;
                 let conversation = change.conversation_id.as_str();
@@ -554,10 +581,11 @@ impl Store for EmbeddedStore {
 
     async fn append_messages(&self, messages: &[ChatMessage]) -> Result<Vec<Appended>, StoreError> {
         let messages = messages.to_vec();
+        let durability = self.sequencer_durability();
         self.blocking(move |db| {
             let mut txn = db.begin_write().map_err(unavailable)?;
-            // Durable at the next fsync (see the module docs).
-            txn.set_durability(Durability::None).map_err(unavailable)?;
+            // Durable at the next fsync when deferred (see the module docs).
+            txn.set_durability(durability).map_err(unavailable)?;
             let mut out = Vec::with_capacity(messages.len());
             {
                 let mut conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
@@ -799,7 +827,7 @@ impl Store for EmbeddedStore {
     }
 
     fn rolls_back_on_crash(&self) -> bool {
-        true
+        self.deferred
     }
 
     /// An empty commit with fsync: redb then persists every commit before

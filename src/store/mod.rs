@@ -339,7 +339,7 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Whether a crash can take back the sequencer's writes since the last
-    /// [`Store::sync`] (the embedded store's). Clients may have been
+    /// [`Store::sync`] (the embedded store's, beside the embedded bus). Clients may have been
     /// pushed what they wrote, so chat-svc then answers nothing until its
     /// sequencer has replayed what the log held at start: no client sees
     /// the store behind what it was shown before the crash (`sync` and
