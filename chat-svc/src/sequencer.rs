@@ -60,9 +60,10 @@ pub async fn queue(bus: &dyn EventBus, event: chat_event::Event) -> Result<(), B
 
 /// Consumes until `shutdown`. Store failures are retried with backoff
 /// without committing, so nothing is skipped. Offsets are committed after
-/// [`Store::sync`] made what the batches wrote durable, at most every
-/// [`DURABLE_EVERY`] while records come, and within it of the last batch
-/// when they stop. `caught_up` is told once the store holds everything
+/// [`Store::sync`] made what the batches wrote durable: after every batch
+/// when the store's writes are durable on return, else at most every
+/// [`DURABLE_EVERY`] (or [`DURABLE_AFTER`] records) while records come,
+/// and within it of the last batch when they stop. `caught_up` is told once the store holds everything
 /// the log held when the sequencer joined (at once unless the store
 /// [rolls back on a crash](Store::rolls_back_on_crash): then once the
 /// group's lag on `chat-messages` is 0; nothing else writes to the log
@@ -80,7 +81,10 @@ pub async fn run(chat: Chat, caught_up: oneshot::Sender<()>, shutdown: Cancellat
         shutdown.clone(),
     ));
     let store = chat.backends.store.as_ref();
-    let mut pending = Pending::default();
+    let mut pending = Pending {
+        immediate: !store.rolls_back_on_crash(),
+        ..Pending::default()
+    };
     let mut caught_up = Some(caught_up);
     if !store.rolls_back_on_crash()
         && let Some(tx) = caught_up.take()
@@ -149,6 +153,11 @@ pub const DURABLE_AFTER: usize = 100;
 /// since a commit covers everything before it in its partition.
 #[derive(Default)]
 struct Pending {
+    /// Whether the store's writes are durable when they return (it does
+    /// not roll back on a crash): then nothing is gained by waiting, and
+    /// every batch is committed at once, as a consumer group expects (a
+    /// delayed commit is replayed, and pushed again, after a rebalance).
+    immediate: bool,
     last: HashMap<u32, Record>,
     since: Option<tokio::time::Instant>,
     /// Records processed since the last commit.
@@ -179,7 +188,7 @@ impl Pending {
     /// once [`DURABLE_AFTER`] records wait.
     fn due(&self) -> tokio::time::Instant {
         let now = tokio::time::Instant::now();
-        if self.records >= DURABLE_AFTER {
+        if self.immediate || self.records >= DURABLE_AFTER {
             return now;
         }
         self.since.map_or(now, |since| since + DURABLE_EVERY)

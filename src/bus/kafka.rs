@@ -458,18 +458,6 @@ impl Subscription for KafkaSubscription {
             let n = next.entry((r.topic, r.partition)).or_insert(0);
             *n = (*n).max(r.offset + 1);
         }
-        // Only partitions this member still owns: after a rebalance, a
-        // late commit of a revoked one would move the new owner's offset
-        // (Kafka does not check ownership); the new owner replays instead.
-        let assigned = self.consumer.assignment().map_err(unavailable)?;
-        next.retain(|(topic, partition), _| {
-            assigned
-                .find_partition(
-                    &self.bus.topic_name(*topic),
-                    i32::try_from(*partition).unwrap_or(i32::MAX),
-                )
-                .is_some()
-        });
         if next.is_empty() {
             return Ok(());
         }
