@@ -57,6 +57,15 @@ pub fn backend_config(dir: &std::path::Path) -> BackendConfig {
 /// Whether the real engines are configured (`PARLEY_TEST_REAL`, set by
 /// scripts/test); a test that needs them and finds them unset says it is
 /// skipped.
+/// The tests' HTTP client: a request that gets no answer fails the test
+/// after [`PATIENCE`] instead of hanging the suite.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(PATIENCE)
+        .build()
+        .expect("an HTTP client")
+}
+
 pub fn real_engines(what: &str) -> bool {
     let real = std::env::var_os("PARLEY_TEST_REAL").is_some();
     if !real {
@@ -105,12 +114,15 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut AppConfig)) -> TestApp {
     let mut config = test_config(dir.path());
     adjust(&mut config);
     let backends = config.backends.clone();
-    let app = App::start(config, listener).await.unwrap();
+    let app = tokio::time::timeout(PATIENCE * 4, App::start(config, listener))
+        .await
+        .expect("the node started in time")
+        .unwrap();
     TestApp {
         backends,
         addr: app.http_addr(),
         _app: Some(app),
-        http: reqwest::Client::new(),
+        http: http_client(),
         _dir: Some(dir),
     }
 }
@@ -129,7 +141,7 @@ impl TestApp {
             backends: BackendConfig::embedded("."),
             _app: None,
             addr,
-            http: reqwest::Client::new(),
+            http: http_client(),
             _dir: None,
         }
     }
