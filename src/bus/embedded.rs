@@ -4,14 +4,15 @@
 //! One writer thread owns every write transaction. Publishes that arrive
 //! while a commit is in flight are gathered into the next transaction (group
 //! commit), so durability costs one fsync per batch, not per message.
-//! Consumers read committed records straight from the file and sleep on a
-//! per-topic watch channel until the writer announces new records.
+//! Consumers read committed records from an in-memory tail of each
+//! partition (`Tail`) or, when behind it, straight from the file, and sleep
+//! on a per-topic watch channel until the writer announces new records.
 
 use super::{BusError, EventBus, Record, Subscription, Topic, partition_for};
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -49,6 +50,19 @@ const WRITE_QUEUE: usize = 4096;
 /// Most operations folded into one write transaction.
 const MAX_GROUP_COMMIT: usize = 1024;
 
+/// Records kept in memory per partition after their commit (see [`Tail`]):
+/// at 100-byte payloads about 300 KiB per partition.
+const TAIL_RECORDS: usize = 1024;
+
+/// The newest committed records of each partition, in offset order, so a
+/// consumer that keeps up reads what was just appended from memory rather
+/// than through a redb read transaction on the blocking pool (a thread
+/// handoff per poll, and a read that waits for the writer's fsync). Like
+/// Kafka serving a fresh fetch from the page cache. A consumer further
+/// behind than [`TAIL_RECORDS`] reads the file. Filled before the heads
+/// move, so any offset below a head a reader sees is here or in the file.
+type Tail = Arc<Mutex<HashMap<(Topic, u32), VecDeque<Record>>>>;
+
 #[derive(Clone)]
 pub struct EmbeddedBus {
     inner: Arc<Inner>,
@@ -69,6 +83,7 @@ struct Inner {
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     /// Next offset per (topic, partition): everything below is readable.
     heads: Arc<Mutex<HashMap<(Topic, u32), u64>>>,
+    tail: Tail,
     /// Bumped after every commit that added records to the topic.
     versions: Arc<HashMap<Topic, watch::Sender<u64>>>,
     groups: Mutex<HashMap<(String, Topic), Group>>,
@@ -144,6 +159,7 @@ impl EmbeddedBus {
             heads = recover_heads(&db, partitions, &committed)?;
         }
         let heads = Arc::new(Mutex::new(heads));
+        let tail = Tail::default();
         let committed = Arc::new(Mutex::new(committed));
         let versions: Arc<HashMap<Topic, watch::Sender<u64>>> = Arc::new(
             Topic::ALL
@@ -156,6 +172,7 @@ impl EmbeddedBus {
             db: db.clone(),
             partitions,
             heads: heads.clone(),
+            tail: tail.clone(),
             versions: versions.clone(),
             committed: committed.clone(),
         };
@@ -170,6 +187,7 @@ impl EmbeddedBus {
                 writer: Mutex::new(Some(tx)),
                 writer_thread: Mutex::new(Some(thread)),
                 heads,
+                tail,
                 versions,
                 groups: Mutex::new(HashMap::new()),
                 next_member: Mutex::new(0),
@@ -259,10 +277,18 @@ fn committed_offsets(db: &Database) -> Result<HashMap<(String, Topic, u32), u64>
     Ok(out)
 }
 
+/// What one write transaction did.
+struct Written {
+    appended: Vec<Record>,
+    /// (topic index, partition, floor): records below the floor dropped.
+    trimmed: Vec<(u8, u32, u64)>,
+}
+
 struct Writer {
     db: Arc<Database>,
     partitions: u32,
     heads: Arc<Mutex<HashMap<(Topic, u32), u64>>>,
+    tail: Tail,
     versions: Arc<HashMap<Topic, watch::Sender<u64>>>,
     committed: Committed,
 }
@@ -288,7 +314,28 @@ impl Writer {
         };
         let result = self.write(&ops, &mut next);
         let touched: Vec<Topic> = match &result {
-            Ok(()) => {
+            Ok(written) => {
+                if let Ok(mut tail) = self.tail.lock() {
+                    // Retention applies to the tail too: a group that
+                    // joins later starts from the oldest record kept.
+                    for (t, p, floor) in &written.trimmed {
+                        let Some(topic) = Topic::ALL.into_iter().find(|x| x.index() == *t) else {
+                            continue;
+                        };
+                        if let Some(kept) = tail.get_mut(&(topic, *p)) {
+                            while kept.front().is_some_and(|r| r.offset < *floor) {
+                                kept.pop_front();
+                            }
+                        }
+                    }
+                    for record in &written.appended {
+                        let kept = tail.entry((record.topic, record.partition)).or_default();
+                        kept.push_back(record.clone());
+                        if kept.len() > TAIL_RECORDS {
+                            kept.pop_front();
+                        }
+                    }
+                }
                 let mut touched: Vec<Topic> = ops
                     .iter()
                     .filter_map(|op| match op {
@@ -331,13 +378,18 @@ impl Writer {
                 WriteOp::Publish { done, .. } | WriteOp::Commit { done, .. } => done,
             };
             let _ = done.send(match &result {
-                Ok(()) => Ok(()),
+                Ok(_) => Ok(()),
                 Err(e) => Err(BusError::Storage(e.clone())),
             });
         }
     }
 
-    fn write(&self, ops: &[WriteOp], next: &mut HashMap<(Topic, u32), u64>) -> Result<(), String> {
+    /// Writes `ops` in one transaction.
+    fn write(
+        &self,
+        ops: &[WriteOp],
+        next: &mut HashMap<(Topic, u32), u64>,
+    ) -> Result<Written, String> {
         let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
         let publishes = ops.iter().any(|op| matches!(op, WriteOp::Publish { .. }));
         // Offsets alone need no fsync of their own: they become durable with
@@ -349,6 +401,8 @@ impl Writer {
             Durability::None
         };
         txn.set_durability(durability).map_err(|e| e.to_string())?;
+        let mut records = Vec::new();
+        let trimmed;
         {
             let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
             let mut offsets = txn.open_table(OFFSETS).map_err(|e| e.to_string())?;
@@ -367,6 +421,13 @@ impl Writer {
                         let offset = next.entry((*topic, p)).or_insert(0);
                         log.insert((topic.index(), p, *offset), (key.as_str(), &payload[..]))
                             .map_err(|e| e.to_string())?;
+                        records.push(Record {
+                            topic: *topic,
+                            partition: p,
+                            offset: *offset,
+                            key: key.clone(),
+                            payload: payload.clone(),
+                        });
                         *offset += 1;
                         if !appended.contains(&(*topic, p)) {
                             appended.push((*topic, p));
@@ -401,9 +462,13 @@ impl Writer {
                         .map_err(|e| e.to_string())?;
                 }
             }
-            trim(&mut log, &offsets, ops)?;
+            trimmed = trim(&mut log, &offsets, ops)?;
         }
-        txn.commit().map_err(|e| e.to_string())
+        txn.commit().map_err(|e| e.to_string())?;
+        Ok(Written {
+            appended: records,
+            trimmed,
+        })
     }
 }
 
@@ -414,7 +479,7 @@ fn trim(
     log: &mut redb::Table<(u8, u32, u64), (&str, &[u8])>,
     offsets: &redb::Table<(&str, u8, u32), u64>,
     ops: &[WriteOp],
-) -> Result<(), String> {
+) -> Result<Vec<(u8, u32, u64)>, String> {
     let mut touched: Vec<(u8, u32)> = ops
         .iter()
         .filter_map(|op| match op {
@@ -424,7 +489,7 @@ fn trim(
         .flat_map(|(t, list)| list.iter().map(move |(p, _)| (t, *p)))
         .collect();
     if touched.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     touched.sort_unstable();
     touched.dedup();
@@ -435,13 +500,15 @@ fn trim(
         let floor = floors.entry((t, p)).or_insert(u64::MAX);
         *floor = (*floor).min(v.value());
     }
+    let mut trimmed = Vec::new();
     for (t, p) in touched {
         if let Some(&floor) = floors.get(&(t, p)) {
             log.retain_in((t, p, 0)..(t, p, floor), |_, _| false)
                 .map_err(|e| e.to_string())?;
+            trimmed.push((t, p, floor));
         }
     }
-    Ok(())
+    Ok(trimmed)
 }
 
 #[async_trait]
@@ -590,8 +657,9 @@ impl EmbeddedSubscription {
         Ok(())
     }
 
-    /// The next records of the owned partitions. redb reads block, so they
-    /// run on the blocking pool; positions advance past what is returned.
+    /// The next records of the owned partitions: from the [`Tail`] when it
+    /// holds them all, else from the file (redb reads block, so on the
+    /// blocking pool). Positions advance past what is returned.
     async fn read(&mut self, max: usize) -> Result<Vec<Record>, BusError> {
         let heads = self
             .bus
@@ -600,6 +668,9 @@ impl EmbeddedSubscription {
             .lock()
             .map_err(|_| BusError::Closed)?
             .clone();
+        if let Some(records) = self.read_tail(&heads, max)? {
+            return Ok(records);
+        }
         let db = self.bus.inner.db.clone();
         let topic = self.topic;
         let mut positions = self.positions.clone();
@@ -610,6 +681,51 @@ impl EmbeddedSubscription {
         .map_err(storage)??;
         self.positions = positions;
         Ok(records)
+    }
+}
+
+impl EmbeddedSubscription {
+    /// What [`Self::read`] answers, from memory; `None` when a partition
+    /// has records below the tail (a consumer behind, or just started).
+    fn read_tail(
+        &mut self,
+        heads: &HashMap<(Topic, u32), u64>,
+        max: usize,
+    ) -> Result<Option<Vec<Record>>, BusError> {
+        let tail = self.bus.inner.tail.lock().map_err(|_| BusError::Closed)?;
+        let mut positions = self.positions.clone();
+        let mut partitions: Vec<u32> = positions.keys().copied().collect();
+        partitions.sort_unstable();
+        let mut out = Vec::new();
+        for p in partitions {
+            let head = heads.get(&(self.topic, p)).copied().unwrap_or(0);
+            let Some(pos) = positions.get_mut(&p) else {
+                continue;
+            };
+            if *pos >= head || out.len() >= max {
+                continue;
+            }
+            let Some(kept) = tail.get(&(self.topic, p)) else {
+                return Ok(None);
+            };
+            let Some(first) = kept.front().map(|r| r.offset) else {
+                return Ok(None);
+            };
+            if *pos < first {
+                return Ok(None);
+            }
+            let from = usize::try_from(*pos - first).unwrap_or(usize::MAX);
+            for record in kept.iter().skip(from) {
+                if record.offset >= head || out.len() >= max {
+                    break;
+                }
+                out.push(record.clone());
+                *pos = record.offset + 1;
+            }
+        }
+        drop(tail);
+        self.positions = positions;
+        Ok(Some(out))
     }
 }
 
@@ -752,5 +868,55 @@ mod tests {
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].offset, 5);
         assert_eq!(count(&bus), 1);
+    }
+
+    /// A consumer far behind reads the file, then the in-memory tail, and
+    /// sees every record once, in order, whichever it reads from; after a
+    /// restart (an empty tail) it reads the file again.
+    #[tokio::test]
+    async fn a_consumer_behind_the_tail_reads_the_file_then_the_tail_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = TAIL_RECORDS as u64 * 2 + 10;
+        let publish_all = |bus: EmbeddedBus, from: u64, to: u64| async move {
+            for i in from..to {
+                bus.publish(
+                    Topic::ChatMessages,
+                    "k",
+                    Bytes::from(i.to_be_bytes().to_vec()),
+                )
+                .await
+                .unwrap();
+            }
+        };
+        let read_all = |bus: EmbeddedBus, want: u64| async move {
+            let mut sub = bus.subscribe("g", Topic::ChatMessages).await.unwrap();
+            let mut seen = Vec::new();
+            while (seen.len() as u64) < want {
+                let batch = sub.next_batch(100).await.unwrap();
+                sub.commit(&batch).await.unwrap();
+                seen.extend(batch.iter().map(|r| {
+                    let value = u64::from_be_bytes(r.payload[..].try_into().unwrap());
+                    assert_eq!(value, r.offset, "a record's payload is its offset");
+                    r.offset
+                }));
+            }
+            seen
+        };
+        let bus = EmbeddedBus::open(dir.path(), 1).unwrap();
+        publish_all(bus.clone(), 0, total).await;
+        assert!(
+            bus.inner.tail.lock().unwrap()[&(Topic::ChatMessages, 0)].len() <= TAIL_RECORDS,
+            "the tail is bounded"
+        );
+        let half = total / 2;
+        let seen = read_all(bus.clone(), half).await;
+        assert_eq!(seen, (0..seen.len() as u64).collect::<Vec<_>>());
+        let resumed_at = seen.len() as u64;
+        drop(bus);
+
+        let bus = EmbeddedBus::open(dir.path(), 1).unwrap();
+        publish_all(bus.clone(), total, total + 5).await;
+        let seen = read_all(bus, total + 5 - resumed_at).await;
+        assert_eq!(seen, (resumed_at..total + 5).collect::<Vec<_>>());
     }
 }
