@@ -14,7 +14,7 @@ use bytes::Bytes;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use tokio::sync::{oneshot, watch};
 
@@ -50,9 +50,15 @@ const WRITE_QUEUE: usize = 4096;
 /// Most operations folded into one write transaction.
 const MAX_GROUP_COMMIT: usize = 1024;
 
-/// Records kept in memory per partition after their commit (see [`Tail`]):
-/// at 100-byte payloads about 300 KiB per partition.
+/// Records kept in memory per partition after their commit (see [`Tail`]),
+/// at most, and at most [`TAIL_BYTES`] of payload.
 const TAIL_RECORDS: usize = 1024;
+
+/// Payload bytes kept per partition in the [`Tail`]: with the default 16
+/// partitions and three topics at most 48 MiB however large the messages
+/// (a message body may be 4,000 characters); at 100-byte chat events the
+/// record count binds first.
+const TAIL_BYTES: usize = 1024 * 1024;
 
 /// The newest committed records of each partition, in offset order, so a
 /// consumer that keeps up reads what was just appended from memory rather
@@ -61,7 +67,39 @@ const TAIL_RECORDS: usize = 1024;
 /// Kafka serving a fresh fetch from the page cache. A consumer further
 /// behind than [`TAIL_RECORDS`] reads the file. Filled before the heads
 /// move, so any offset below a head a reader sees is here or in the file.
-type Tail = Arc<Mutex<HashMap<(Topic, u32), VecDeque<Record>>>>;
+type Tail = Arc<Mutex<HashMap<(Topic, u32), Kept>>>;
+
+/// One partition's tail: contiguous offsets, oldest first.
+#[derive(Default)]
+struct Kept {
+    records: VecDeque<Record>,
+    bytes: usize,
+}
+
+impl Kept {
+    fn push(&mut self, record: Record) {
+        self.bytes += record.payload.len();
+        self.records.push_back(record);
+        while self.records.len() > TAIL_RECORDS || self.bytes > TAIL_BYTES {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(old) = self.records.pop_front() {
+            self.bytes -= old.payload.len();
+        }
+    }
+
+    /// The records from `offset` on, or `None` when it is not kept.
+    fn from(&self, offset: u64) -> Option<impl Iterator<Item = &Record>> {
+        let first = self.records.front()?.offset;
+        let index = usize::try_from(offset.checked_sub(first)?).ok()?;
+        // Offsets are contiguous by construction; checked all the same, as
+        // a wrong record here would be handed out under the wrong offset.
+        (self.records.get(index)?.offset == offset).then(|| self.records.iter().skip(index))
+    }
+}
 
 #[derive(Clone)]
 pub struct EmbeddedBus {
@@ -84,6 +122,8 @@ struct Inner {
     /// Next offset per (topic, partition): everything below is readable.
     heads: Arc<Mutex<HashMap<(Topic, u32), u64>>>,
     tail: Tail,
+    /// Reads the [`Tail`] answered (the file answered the others).
+    tail_reads: std::sync::atomic::AtomicU64,
     /// Bumped after every commit that added records to the topic.
     versions: Arc<HashMap<Topic, watch::Sender<u64>>>,
     groups: Mutex<HashMap<(String, Topic), Group>>,
@@ -188,6 +228,7 @@ impl EmbeddedBus {
                 writer_thread: Mutex::new(Some(thread)),
                 heads,
                 tail,
+                tail_reads: std::sync::atomic::AtomicU64::new(0),
                 versions,
                 groups: Mutex::new(HashMap::new()),
                 next_member: Mutex::new(0),
@@ -315,7 +356,10 @@ impl Writer {
         let result = self.write(&ops, &mut next);
         let touched: Vec<Topic> = match &result {
             Ok(written) => {
-                if let Ok(mut tail) = self.tail.lock() {
+                {
+                    // Filled whatever a panic elsewhere left: a record
+                    // missing here while the head moves would be a gap.
+                    let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
                     // Retention applies to the tail too: a group that
                     // joins later starts from the oldest record kept.
                     for (t, p, floor) in &written.trimmed {
@@ -323,17 +367,15 @@ impl Writer {
                             continue;
                         };
                         if let Some(kept) = tail.get_mut(&(topic, *p)) {
-                            while kept.front().is_some_and(|r| r.offset < *floor) {
+                            while kept.records.front().is_some_and(|r| r.offset < *floor) {
                                 kept.pop_front();
                             }
                         }
                     }
                     for record in &written.appended {
-                        let kept = tail.entry((record.topic, record.partition)).or_default();
-                        kept.push_back(record.clone());
-                        if kept.len() > TAIL_RECORDS {
-                            kept.pop_front();
-                        }
+                        tail.entry((record.topic, record.partition))
+                            .or_default()
+                            .push(record.clone());
                     }
                 }
                 let mut touched: Vec<Topic> = ops
@@ -705,17 +747,10 @@ impl EmbeddedSubscription {
             if *pos >= head || out.len() >= max {
                 continue;
             }
-            let Some(kept) = tail.get(&(self.topic, p)) else {
+            let Some(kept) = tail.get(&(self.topic, p)).and_then(|k| k.from(*pos)) else {
                 return Ok(None);
             };
-            let Some(first) = kept.front().map(|r| r.offset) else {
-                return Ok(None);
-            };
-            if *pos < first {
-                return Ok(None);
-            }
-            let from = usize::try_from(*pos - first).unwrap_or(usize::MAX);
-            for record in kept.iter().skip(from) {
+            for record in kept {
                 if record.offset >= head || out.len() >= max {
                     break;
                 }
@@ -725,6 +760,10 @@ impl EmbeddedSubscription {
         }
         drop(tail);
         self.positions = positions;
+        self.bus
+            .inner
+            .tail_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Some(out))
     }
 }
@@ -870,11 +909,13 @@ mod tests {
         assert_eq!(count(&bus), 1);
     }
 
-    /// A consumer far behind reads the file, then the in-memory tail, and
-    /// sees every record once, in order, whichever it reads from; after a
-    /// restart (an empty tail) it reads the file again.
+    /// A consumer behind the in-memory tail reads the file, one that keeps
+    /// up reads the tail (from its middle too), and either way every
+    /// record comes once, in order; after a restart (an empty tail) a
+    /// consumer behind reads the file again, then, caught up, the new tail.
     #[tokio::test]
     async fn a_consumer_behind_the_tail_reads_the_file_then_the_tail_in_order() {
+        use std::sync::atomic::Ordering::Relaxed;
         let dir = tempfile::tempdir().unwrap();
         let total = TAIL_RECORDS as u64 * 2 + 10;
         let publish_all = |bus: EmbeddedBus, from: u64, to: u64| async move {
@@ -888,10 +929,11 @@ mod tests {
                 .unwrap();
             }
         };
-        let read_all = |bus: EmbeddedBus, want: u64| async move {
-            let mut sub = bus.subscribe("g", Topic::ChatMessages).await.unwrap();
+        // Reads (and commits) as `group` until it has seen `until`.
+        let read_until = |bus: EmbeddedBus, group: &'static str, until: u64| async move {
+            let mut sub = bus.subscribe(group, Topic::ChatMessages).await.unwrap();
             let mut seen = Vec::new();
-            while (seen.len() as u64) < want {
+            while seen.last().is_none_or(|last| last + 1 < until) {
                 let batch = sub.next_batch(100).await.unwrap();
                 sub.commit(&batch).await.unwrap();
                 seen.extend(batch.iter().map(|r| {
@@ -902,21 +944,42 @@ mod tests {
             }
             seen
         };
+        let half = total / 2;
         let bus = EmbeddedBus::open(dir.path(), 1).unwrap();
         publish_all(bus.clone(), 0, total).await;
-        assert!(
-            bus.inner.tail.lock().unwrap()[&(Topic::ChatMessages, 0)].len() <= TAIL_RECORDS,
-            "the tail is bounded"
-        );
-        let half = total / 2;
-        let seen = read_all(bus.clone(), half).await;
-        assert_eq!(seen, (0..seen.len() as u64).collect::<Vec<_>>());
-        let resumed_at = seen.len() as u64;
+        let kept = bus.inner.tail.lock().unwrap()[&(Topic::ChatMessages, 0)]
+            .records
+            .len();
+        assert_eq!(kept, TAIL_RECORDS, "the tail is bounded");
+        // Behind the tail (which starts at 1,034): the file answers.
+        let seen = read_until(bus.clone(), "g", half).await;
+        assert_eq!(seen, (0..1100).collect::<Vec<_>>());
+        assert_eq!(bus.inner.tail_reads.load(Relaxed), 0);
+        // From 1,100, inside the tail.
+        let seen = read_until(bus.clone(), "g", total).await;
+        assert_eq!(seen, (1100..total).collect::<Vec<_>>());
+        assert!(bus.inner.tail_reads.load(Relaxed) > 0, "the tail answered");
         drop(bus);
 
+        // Behind at a restart: the file, then, caught up, the new tail.
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path(), 1).unwrap();
+        publish_all(bus.clone(), 0, total).await;
+        let seen = read_until(bus.clone(), "g", half).await;
+        assert_eq!(seen, (0..1100).collect::<Vec<_>>());
+        drop(bus);
         let bus = EmbeddedBus::open(dir.path(), 1).unwrap();
         publish_all(bus.clone(), total, total + 5).await;
-        let seen = read_all(bus, total + 5 - resumed_at).await;
-        assert_eq!(seen, (resumed_at..total + 5).collect::<Vec<_>>());
+        let seen = read_until(bus.clone(), "g", total + 5).await;
+        assert_eq!(seen, (1100..total + 5).collect::<Vec<_>>());
+        // Caught up: what comes next is read from the new tail.
+        let before = bus.inner.tail_reads.load(Relaxed);
+        publish_all(bus.clone(), total + 5, total + 10).await;
+        let seen = read_until(bus.clone(), "g", total + 10).await;
+        assert_eq!(seen, (total + 5..total + 10).collect::<Vec<_>>());
+        assert!(
+            bus.inner.tail_reads.load(Relaxed) > before,
+            "the new tail answered"
+        );
     }
 }
