@@ -11,7 +11,7 @@
 //! commit.
 //!
 //! redb calls block, so each method runs on tokio's blocking pool, except
-//! point reads while no commit with fsync is in flight
+//! reads of a few keys while no commit with fsync is in flight
 //! (`EmbeddedStore::point_read`).
 
 use super::{
@@ -138,14 +138,17 @@ impl EmbeddedStore {
         }
     }
 
-    /// Runs a point read (a few B-tree lookups in redb's cache, tens of
-    /// microseconds) on the calling task rather than handing it to the
+    /// Runs a point read (a few B-tree lookups by key in redb's cache, tens
+    /// of microseconds) on the calling task rather than handing it to the
     /// blocking pool and back, two thread switches that cost more than the
-    /// read. Not while a commit with fsync is in flight: redb's
-    /// `begin_read` waits for it, and a deferred-fsync sync can take a
-    /// hundred milliseconds that would stall a runtime worker (measured:
-    /// p99 13 → 130 ms at 1,000 msg/s without this check). A commit that
-    /// starts after the check still stalls the read, for one fsync.
+    /// read. Not while a commit with fsync is in flight: such a commit
+    /// writes its pages out holding the page-cache locks a read takes, and
+    /// a [`Store::sync`] after 100 ms of deferred writes can take a hundred
+    /// milliseconds that would stall a runtime worker (measured: p99 13 →
+    /// 130 ms at 1,000 msg/s without this check). A commit that starts
+    /// after the check still stalls the read for as long. A panic inside
+    /// `f` unwinds the calling task, where on the blocking pool it became
+    /// `Unavailable`: redb does not panic on a read short of a bug.
     async fn point_read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -460,7 +463,10 @@ impl Store for EmbeddedStore {
             let txn = db.begin_read().map_err(unavailable)?;
             let conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
             match conversations.get(id.as_str()).map_err(unavailable)? {
-                Some(raw) => Ok(Some(decode(raw.value())?)),
+                Some(raw) => Ok(Some(Conversation {
+                    cursors: Vec::new(),
+                    ..decode(raw.value())?
+                })),
                 None => Ok(None),
             }
         })
@@ -580,7 +586,7 @@ impl Store for EmbeddedStore {
 
     async fn is_member(&self, conversation: &str, user: &str) -> Result<bool, StoreError> {
         let (conversation, user) = (conversation.to_owned(), user.to_owned());
-        self.point_read(move |db| {
+        self.blocking(move |db| {
             // The membership index is written in the same transaction as
             // the member list, so it is exact, and no list is decoded.
             let txn = db.begin_read().map_err(unavailable)?;
