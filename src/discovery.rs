@@ -353,3 +353,76 @@ pub async fn announce(
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Discovery;
+    use crate::backends::Backends;
+    use crate::config::BackendConfig;
+    use tokio_util::sync::CancellationToken;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    /// A health check through `discovery` to `addr`, and whether it stayed
+    /// in process.
+    async fn check(discovery: &Discovery, addr: &str) -> (bool, Result<i32, tonic::Status>) {
+        let routed = discovery.channel_at(addr).expect("an address");
+        let local = routed.is_local();
+        let answer = HealthClient::new(routed)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status);
+        (local, answer)
+    }
+
+    #[tokio::test]
+    async fn a_service_of_this_process_is_called_in_process_while_served_and_over_the_network_after()
+     {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let backends = Backends::open(&BackendConfig::embedded(dir.path()))
+            .await
+            .expect("embedded backends");
+        let discovery = Discovery::new(backends.registry.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("an address").to_string();
+        assert!(crate::grpc::local::served_at(&addr).is_none());
+
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(crate::grpc::serve(
+            listener,
+            tonic::service::Routes::default(),
+            &[],
+            backends,
+            shutdown.clone(),
+        ));
+        // Served in process from the moment the server accepts calls.
+        let mut answered = None;
+        for _ in 0..100 {
+            if crate::grpc::local::served_at(&addr).is_some() {
+                answered = Some(check(&discovery, &addr).await);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let (local, status) = answered.expect("the server registered its services in process");
+        assert!(local, "a service of this process is called in process");
+        // SERVING (1): the health service answered, in process.
+        assert_eq!(status.expect("an answer"), 1);
+
+        shutdown.cancel();
+        server
+            .await
+            .expect("the server task")
+            .expect("a clean stop");
+        let (local, status) = check(&discovery, &addr).await;
+        assert!(!local, "a stopped server is no longer reached in process");
+        assert!(
+            status.is_err(),
+            "the closed port refuses the call over the network"
+        );
+    }
+}

@@ -7,7 +7,7 @@
 //! 15 % of the all-in-one's CPU per message.
 //!
 //! One code path, two transports: callers still find instances in the
-//! registry and take a [`crate::discovery::Routed`] to one; it goes in
+//! registry and take a `discovery::Routed` to one; it goes in
 //! process when the address is served here (see [`served_at`]) and over
 //! the network otherwise. Requests are still protobuf-encoded, so what a
 //! local call exercises is what a remote one does, short of the wire.
@@ -78,27 +78,6 @@ pub fn served_at(addr: &str) -> Option<Routes> {
 
 #[cfg(test)]
 mod tests {
-    use crate::backends::Backends;
-    use crate::config::BackendConfig;
-    use crate::discovery::Discovery;
-    use tokio_util::sync::CancellationToken;
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
-
-    /// A health check through `discovery` to `addr`, and whether it stayed
-    /// in process.
-    async fn check(discovery: &Discovery, addr: &str) -> (bool, Result<i32, tonic::Status>) {
-        let routed = discovery.channel_at(addr).expect("an address");
-        let local = routed.is_local();
-        let answer = HealthClient::new(routed)
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .map(|r| r.into_inner().status);
-        (local, answer)
-    }
-
     #[test]
     fn a_server_gone_from_an_address_does_not_delist_the_next_one_there() {
         let addr = "127.0.0.1:1".to_owned();
@@ -108,54 +87,5 @@ mod tests {
         assert!(super::served_at(&addr).is_some());
         drop(second);
         assert!(super::served_at(&addr).is_none());
-    }
-
-    #[tokio::test]
-    async fn a_service_of_this_process_is_called_in_process_while_served_and_over_the_network_after()
-     {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let backends = Backends::open(&BackendConfig::embedded(dir.path()))
-            .await
-            .expect("embedded backends");
-        let discovery = Discovery::new(backends.registry.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a port");
-        let addr = listener.local_addr().expect("an address").to_string();
-        assert!(super::served_at(&addr).is_none());
-
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(super::super::serve(
-            listener,
-            tonic::service::Routes::default(),
-            &[],
-            backends,
-            shutdown.clone(),
-        ));
-        // Served in process from the moment the server accepts calls.
-        let mut answered = None;
-        for _ in 0..100 {
-            if super::served_at(&addr).is_some() {
-                answered = Some(check(&discovery, &addr).await);
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        let (local, status) = answered.expect("the server registered its services in process");
-        assert!(local, "a service of this process is called in process");
-        // SERVING (1): the health service answered, in process.
-        assert_eq!(status.expect("an answer"), 1);
-
-        shutdown.cancel();
-        server
-            .await
-            .expect("the server task")
-            .expect("a clean stop");
-        let (local, status) = check(&discovery, &addr).await;
-        assert!(!local, "a stopped server is no longer reached in process");
-        assert!(
-            status.is_err(),
-            "the closed port refuses the call over the network"
-        );
     }
 }
