@@ -63,8 +63,9 @@ pub async fn queue(bus: &dyn EventBus, event: chat_event::Event) -> Result<(), B
 /// [`Store::sync`] made what the batches wrote durable: after every batch
 /// when the store's writes are durable on return, else at most every
 /// [`DURABLE_EVERY`] (or [`DURABLE_AFTER`] records) while records come,
-/// and within it of the last batch when they stop. `caught_up` is told once the store holds everything
-/// the log held when the sequencer joined (at once unless the store
+/// and within it of the last batch when they stop. `caught_up` is told
+/// once the store holds everything the log held when the sequencer joined
+/// (at once unless the store
 /// [rolls back on a crash](Store::rolls_back_on_crash): then once the
 /// group's lag on `chat-messages` is 0; nothing else writes to the log
 /// while chat-svc waits for it).

@@ -54,9 +54,6 @@ pub fn backend_config(dir: &std::path::Path) -> BackendConfig {
     config
 }
 
-/// Whether the real engines are configured (`PARLEY_TEST_REAL`, set by
-/// scripts/test); a test that needs them and finds them unset says it is
-/// skipped.
 /// The tests' HTTP client: a request that gets no answer fails the test
 /// after [`PATIENCE`] instead of hanging the suite.
 fn http_client() -> reqwest::Client {
@@ -66,6 +63,9 @@ fn http_client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
+/// Whether the real engines are configured (`PARLEY_TEST_REAL`, set by
+/// scripts/test); a test that needs them and finds them unset says it is
+/// skipped.
 pub fn real_engines(what: &str) -> bool {
     let real = std::env::var_os("PARLEY_TEST_REAL").is_some();
     if !real {
