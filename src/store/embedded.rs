@@ -206,15 +206,28 @@ fn message_at(
     }
 }
 
-fn read_conversation(
+/// The conversation as stored, without its members' cursors.
+fn read_conversation_head(
     txn: &redb::ReadTransaction,
     id: &str,
 ) -> Result<Option<Conversation>, StoreError> {
     let conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
-    let Some(raw) = conversations.get(id).map_err(unavailable)? else {
+    match conversations.get(id).map_err(unavailable)? {
+        Some(raw) => Ok(Some(Conversation {
+            cursors: Vec::new(),
+            ..decode(raw.value())?
+        })),
+        None => Ok(None),
+    }
+}
+
+fn read_conversation(
+    txn: &redb::ReadTransaction,
+    id: &str,
+) -> Result<Option<Conversation>, StoreError> {
+    let Some(mut conversation) = read_conversation_head(txn, id)? else {
         return Ok(None);
     };
-    let mut conversation: Conversation = decode(raw.value())?;
     let cursors = txn.open_table(CURSORS).map_err(unavailable)?;
     conversation.cursors = conversation
         .members
@@ -461,14 +474,7 @@ impl Store for EmbeddedStore {
         let id = id.to_owned();
         self.point_read(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
-            let conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
-            match conversations.get(id.as_str()).map_err(unavailable)? {
-                Some(raw) => Ok(Some(Conversation {
-                    cursors: Vec::new(),
-                    ..decode(raw.value())?
-                })),
-                None => Ok(None),
-            }
+            read_conversation_head(&txn, &id)
         })
         .await
     }
