@@ -14,6 +14,9 @@ use parley::time::now_ms;
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// A group's member limit when none is configured (`Chat::with_group_limit`).
+pub const DEFAULT_MAX_MEMBERS: usize = 500;
+
 /// How long a published `client_msg_id` is remembered in the registry. It
 /// only has to cover the time until the sequencer stores the message; from
 /// then on the store's unique index answers resends.
@@ -174,7 +177,7 @@ impl Chat {
             pusher,
             send_limit,
             webhook: None,
-            max_group_members: crate::groups::DEFAULT_MAX_MEMBERS,
+            max_group_members: DEFAULT_MAX_MEMBERS,
             max_backlog: DEFAULT_MAX_BACKLOG,
             receipts: crate::receipts::ReceiptQueue::default(),
             memberships: crate::conversations::MembershipCache::default(),
@@ -204,7 +207,7 @@ impl Chat {
         let lag = self
             .backends
             .bus
-            .lag(crate::sequencer::GROUP, parley::bus::Topic::ChatMessages)
+            .lag(crate::log::GROUP, parley::bus::Topic::ChatMessages)
             .await;
         match lag {
             Some(lag) if lag > self.max_backlog => {
@@ -365,7 +368,7 @@ impl Chat {
             return Ok(Some(earlier));
         }
         let event = chat_event::Event::MessageSent(entry.clone());
-        let publish = crate::sequencer::queue(self.backends.bus.as_ref(), event);
+        let publish = crate::log::queue(self.backends.bus.as_ref(), event);
         tokio::pin!(publish);
         let mut renew =
             tokio::time::interval_at(tokio::time::Instant::now() + PENDING_RENEW, PENDING_RENEW);

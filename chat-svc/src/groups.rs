@@ -31,8 +31,7 @@ const LOCK_TTL: Duration = Duration::from_secs(10);
 /// How long a change waits for the lock before it answers `unavailable`.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
-/// The member limit when none is configured.
-pub const DEFAULT_MAX_MEMBERS: usize = 500;
+pub use crate::chat::DEFAULT_MAX_MEMBERS;
 /// Longest group name, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
 

@@ -20,6 +20,7 @@ pub mod chat;
 pub mod conversations;
 pub mod groups;
 pub mod grpc;
+pub mod log;
 pub mod notifier;
 pub mod periodic;
 pub mod receipts;

@@ -88,7 +88,7 @@ impl ReceiptQueue {
             return;
         }
         let publishes = receipts.into_iter().map(|receipt| async move {
-            crate::sequencer::queue(bus, chat_event::Event::Receipt(receipt.clone()))
+            crate::log::queue(bus, chat_event::Event::Receipt(receipt.clone()))
                 .await
                 .map_err(|e| (receipt, e))
         });

@@ -25,10 +25,9 @@
 
 use crate::changes::refusal;
 use crate::chat::Chat;
+use crate::log::GROUP;
 use crate::tally::Tally;
-use parley::bus::{
-    BusError, EventBus, Record, Subscription, Topic, next_batch_until, subscribe_until,
-};
+use parley::bus::{EventBus, Record, Subscription, Topic, next_batch_until, subscribe_until};
 use parley::proto::{
     ChatEvent, ChatMessage, Conversation, MessageKind, PushNotification, ReceiptEvent, ReceiptKind,
     chat_event,
@@ -42,21 +41,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-pub const GROUP: &str = "chat-svc";
 const BATCH: usize = 512;
-
-/// Queues `event` on `chat-messages`, keyed by its conversation: each
-/// conversation's events land on one partition, whose owner sequences them
-/// in the order they were queued.
-pub async fn queue(bus: &dyn EventBus, event: chat_event::Event) -> Result<(), BusError> {
-    let key = match &event {
-        chat_event::Event::MessageSent(m) => m.conversation_id.clone(),
-        chat_event::Event::Receipt(r) => r.conversation_id.clone(),
-    };
-    let payload = ChatEvent { event: Some(event) }.encode_to_vec();
-    bus.publish(Topic::ChatMessages, &key, bytes::Bytes::from(payload))
-        .await
-}
 
 /// Consumes until `shutdown`. Store failures are retried with backoff
 /// without committing, so nothing is skipped. Offsets are committed after
