@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# `scripts/bench real-rate`: the all-in-one on the real engines (Kafka,
+# Redis, FerretDB, started with scripts/infra), loaded open-loop at each
+# rate of RATES for SECS seconds by FLOOD_PAIRS 1:1 pairs. For every rate it
+# prints what parley-load reports (accepted, refused by code, delivered,
+# send → deliver p50/p99, Parley's CPU per message) and the CPU each engine
+# spent per accepted message, read from /proc before and after the run:
+# the figure that says whether the Mongo-wire store sets the pace.
+# BINS="a b" runs each of those Parley binaries in turn at every rate
+# (A/B in one run, alternating which goes first); the default is this
+# checkout's release build. Every run gets a fresh server on a free
+# loopback port with its own data dir, topic prefix, Redis prefix and
+# database, so no run inherits another's backlog.
+# Bounded: fixed rates and durations, a deadline per run; stops only the
+# servers it started (the engines stay up: scripts/infra down stops them).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+RATES=${RATES:-250 500 1000}
+SECS=${SECS:-8}
+FLOOD_PAIRS=${FLOOD_PAIRS:-100}
+cargo build --release --locked --bin parley --bin parley-load
+BINS=${BINS:-$PWD/target/release/parley}
+load=$PWD/target/release/parley-load
+scripts/infra up >/dev/null
+eval "$(scripts/infra env)"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+work=$(mktemp -d)
+pid=""
+stop_server() {
+  if [ -n "$pid" ]; then
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    pid=""
+  fi
+}
+trap 'stop_server; rm -rf "$work"' EXIT
+
+# The engines' processes, found by what scripts/infra starts.
+engine_pid() { pgrep -f "$1" | head -1; }
+ferretdb=$(engine_pid 'ferretdb')
+kafka=$(engine_pid 'kafka.Kafka')
+redis=$(engine_pid 'redis-server.*6379')
+ticks() { # utime + stime of a process, in clock ticks
+  if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then
+    awk '{print $14 + $15}' "/proc/$1/stat"
+  else
+    echo 0
+  fi
+}
+hz=$(getconf CLK_TCK)
+
+start_server() {
+  local bin=$1 run=$2
+  PORT=0 PARLEY_DATA_DIR="$work/$run" PARLEY_WS_FRAMES_PER_SEC=1000000 \
+    PARLEY_USER_SEND_LIMIT=100000000 PARLEY_MAX_SESSIONS_PER_USER=1000000 RUST_LOG=warn \
+    PARLEY_TOPIC_PREFIX="$run." PARLEY_REDIS_PREFIX="$run" PARLEY_MONGODB_DATABASE="$run" \
+    "$bin" >"$work/$run.out" 2>"$work/$run.log" &
+  pid=$!
+  for _ in $(seq 1 600); do
+    url=$(sed -n 's/^Parley listening on //p' "$work/$run.out")
+    [ -n "$url" ] && return 0
+    sleep 0.1
+  done
+  echo "parley did not start; log:" >&2
+  cat "$work/$run.log" >&2
+  exit 1
+}
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; all-in-one on Kafka + Redis + FerretDB"
+echo "engines: ferretdb pid ${ferretdb:-?}, kafka pid ${kafka:-?}, redis pid ${redis:-?}"
+n=0
+for rate in $RATES; do
+  order=$BINS
+  if [ $((n % 2)) = 1 ]; then order=$(echo "$BINS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
+  n=$((n + 1))
+  for bin in $order; do
+    run=rate$$x$n$(basename "$(dirname "$(dirname "$bin")")")
+    start_server "$bin" "$run"
+    # Unmeasured: the sequencer joins its consumer group and the topics
+    # are created before the measured run starts.
+    "$load" --url "$url" flood --pairs 10 --rate 50 --secs 3 >/dev/null
+    f0=$(ticks "$ferretdb") k0=$(ticks "$kafka") r0=$(ticks "$redis")
+    echo "== $bin at $rate msg/s"
+    "$load" --url "$url" --server-pid "$pid" --results "$work/results.jsonl" \
+      flood --pairs "$FLOOD_PAIRS" --rate "$rate" --secs "$SECS"
+    f1=$(ticks "$ferretdb") k1=$(ticks "$kafka") r1=$(ticks "$redis")
+    accepted=$(tail -1 "$work/results.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["accepted"])')
+    python3 - "$accepted" "$hz" "$((f1 - f0))" "$((k1 - k0))" "$((r1 - r0))" <<'EOF'
+import sys
+accepted, hz = int(sys.argv[1]), int(sys.argv[2])
+names = ["ferretdb", "kafka", "redis"]
+parts = []
+for name, t in zip(names, sys.argv[3:]):
+    ms = int(t) * 1000 / hz
+    per = ms / accepted if accepted else float("nan")
+    parts.append(f"{name} {ms / 1000:.1f} s CPU, {per:.2f} ms/accepted msg")
+print("engines: " + "; ".join(parts))
+EOF
+    stop_server
+  done
+done
