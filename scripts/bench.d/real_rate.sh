@@ -5,7 +5,9 @@
 # prints what parley-load reports (accepted, refused by code, delivered,
 # send → deliver p50/p99, Parley's CPU per message) and the CPU each engine
 # spent per accepted message, read from /proc before and after the run:
-# the figure that says whether the Mongo-wire store sets the pace.
+# the figure that says whether the Mongo-wire store sets the pace, and
+# FerretDB's commands per accepted message by kind (from its debug
+# endpoint's request counters, FERRETDB_DEBUG, 127.0.0.1:27018 by default).
 # BINS="a b" runs each of those Parley binaries in turn at every rate
 # (A/B in one run, alternating which goes first); the default is this
 # checkout's release build. Every run gets a fresh server on a free
@@ -50,6 +52,11 @@ ticks() { # utime + stime of a process, in clock ticks
   fi
 }
 hz=$(getconf CLK_TCK)
+FERRETDB_DEBUG=${FERRETDB_DEBUG:-127.0.0.1:27018}
+commands() { # "command count" per line, from FerretDB's request counters
+  curl -s --max-time 5 "http://$FERRETDB_DEBUG/debug/metrics" |
+    sed -n 's/^ferretdb_client_requests_total{command="\([a-zA-Z]*\)".*} \([0-9]*\)$/\1 \2/p' || true
+}
 
 start_server() {
   local bin=$1 run=$2
@@ -81,18 +88,31 @@ for rate in $RATES; do
     # Unmeasured: the sequencer joins its consumer group and the topics
     # are created before the measured run starts.
     "$load" --url "$url" flood --pairs 10 --rate 50 --secs 3 >/dev/null
+    commands >"$work/commands.before"
     f0=$(ticks "$ferretdb") k0=$(ticks "$kafka") r0=$(ticks "$redis")
     echo "== $bin at $rate msg/s"
     "$load" --url "$url" --server-pid "$pid" --results "$work/results.jsonl" \
       flood --pairs "$FLOOD_PAIRS" --rate "$rate" --secs "$SECS"
     f1=$(ticks "$ferretdb") k1=$(ticks "$kafka") r1=$(ticks "$redis")
+    commands >"$work/commands.after"
     accepted=$(tail -1 "$work/results.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["accepted"])')
-    python3 - "$accepted" "$hz" "$((f1 - f0))" "$((k1 - k0))" "$((r1 - r0))" <<'EOF'
+    python3 - "$accepted" "$hz" "$((f1 - f0))" "$((k1 - k0))" "$((r1 - r0))" "$work/commands.before" "$work/commands.after" <<'EOF'
 import sys
 accepted, hz = int(sys.argv[1]), int(sys.argv[2])
+def counts(path):
+    out = {}
+    for line in open(path):
+        name, n = line.split()
+        out[name] = int(n)
+    return out
+before, after = counts(sys.argv[6]), counts(sys.argv[7])
+if accepted and after:
+    per = {k: (after[k] - before.get(k, 0)) / accepted for k in after}
+    shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.005)
+    print(f"ferretdb commands per accepted msg: {shown}")
 names = ["ferretdb", "kafka", "redis"]
 parts = []
-for name, t in zip(names, sys.argv[3:]):
+for name, t in zip(names, sys.argv[3:6]):
     ms = int(t) * 1000 / hz
     per = ms / accepted if accepted else float("nan")
     parts.append(f"{name} {ms / 1000:.1f} s CPU, {per:.2f} ms/accepted msg")
