@@ -97,9 +97,8 @@ const DIRECTS_KEPT: usize = 100_000;
 /// name and members are fixed when it is created (group changes refuse
 /// it), so one read answers every later send and fan-out: under a 1:1
 /// flood these reads were a third of what the Mongo-wire store did. The
-/// heads [`Directs::head`] answers carry no `last_seq` and no cursors,
-/// whatever the conversation's kind (those change); callers that need them
-/// read the store.
+/// heads answered carry no `last_seq` and no cursors, which do change;
+/// callers that need them read the store.
 #[derive(Debug, Clone, Default)]
 pub struct Directs(Arc<Mutex<HashMap<String, Conversation>>>);
 

@@ -6,16 +6,11 @@
 //!
 //! A value can only be too low, never too high: it is raised after the
 //! store acknowledged the messages, and a store that acknowledged a write
-//! keeps it (on a MongoDB replica set that takes write concern `majority`,
-//! its default since 5.0: a `w:1` write can be rolled back by a failover,
-//! and a held seq past it would leave a gap). It is too low after another process wrote the conversation
+//! keeps it. It is too low after another process wrote the conversation
 //! meanwhile (the partition moved away and back). Then the append plans a
 //! seq that is taken, the unique `_id` of `messages` refuses the insert,
 //! the conversations of that append are forgotten here, and the retry reads
-//! the store. So a stale value costs one retry and never a wrong seq. The
-//! keys that append inserted point at other messages until the retry
-//! rewrites them; `message_by_client_id` checks the message it finds is
-//! the key's.
+//! the store. So a stale value costs one retry and never a wrong seq.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

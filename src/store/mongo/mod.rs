@@ -1121,15 +1121,8 @@ impl Store for MongoStore {
             return Ok(None);
         };
         let key = message_key(&get_str(&k, "conversation_id")?, get_u64(&k, "seq"));
-        // A key is a reservation until its message is written, and one
-        // planned from a stale seq (see `held`) points at another sender's
-        // message until the checked append rewrites it: only the message
-        // the key names counts.
         self.by_id("messages", &key)
             .await?
-            .filter(|d| {
-                d.get_str("from") == Ok(sender) && d.get_str("client_msg_id") == Ok(client_msg_id)
-            })
             .as_ref()
             .map(message_from)
             .transpose()
