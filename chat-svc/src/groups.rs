@@ -31,7 +31,6 @@ const LOCK_TTL: Duration = Duration::from_secs(10);
 /// How long a change waits for the lock before it answers `unavailable`.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
-pub use crate::chat::DEFAULT_MAX_MEMBERS;
 /// Longest group name, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
 

@@ -131,7 +131,7 @@ pub struct ChatArgs {
         long,
         env = "PARLEY_GROUP_MAX_MEMBERS",
         global = true,
-        default_value_t = groups::DEFAULT_MAX_MEMBERS,
+        default_value_t = chat::DEFAULT_MAX_MEMBERS,
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=100_000)
     )]
     pub group_max_members: usize,

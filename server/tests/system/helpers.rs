@@ -93,7 +93,7 @@ pub fn test_config(dir: &std::path::Path) -> AppConfig {
         max_frame_wait: Duration::from_secs(10),
         send_limit: parley_chat::chat::SendLimit::default(),
         notify: None,
-        group_max_members: parley_chat::groups::DEFAULT_MAX_MEMBERS,
+        group_max_members: parley_chat::chat::DEFAULT_MAX_MEMBERS,
         max_backlog: parley_chat::chat::DEFAULT_MAX_BACKLOG,
         max_sessions_per_user: parley_presence::presence::DEFAULT_MAX_SESSIONS_PER_USER,
         allowed_origins: parley_edge::origin::AllowedOrigins::default(),
