@@ -28,22 +28,13 @@ scripts/infra up >/dev/null
 eval "$(scripts/infra env)"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-work=$(mktemp -d)
-pid=""
-stop_server() {
-  if [ -n "$pid" ]; then
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    pid=""
-  fi
-}
-trap 'stop_server; rm -rf "$work"' EXIT
+. scripts/bench.d/server.sh
 
-# The engines' processes, found by what scripts/infra starts.
-engine_pid() { pgrep -f "$1" | head -1; }
-ferretdb=$(engine_pid 'ferretdb')
-kafka=$(engine_pid 'kafka.Kafka')
-redis=$(engine_pid 'redis-server.*6379')
+# The engines' processes as scripts/infra tracks them (none, and no CPU
+# figure, for an engine it did not start).
+ferretdb=$(scripts/infra pid ferretdb || true)
+kafka=$(scripts/infra pid kafka || true)
+redis=$(scripts/infra pid redis || true)
 ticks() { # utime + stime of a process, in clock ticks
   if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then
     awk '{print $14 + $15}' "/proc/$1/stat"
