@@ -72,16 +72,7 @@ fi
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 load=$PWD/target/release/parley-load
-work=$(mktemp -d)
-pid=""
-stop_server() {
-  if [ -n "$pid" ]; then
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    pid=""
-  fi
-}
-trap 'stop_server; rm -rf "$work"' EXIT
+. scripts/bench.d/server.sh
 results=$work/results.jsonl
 : >"$results"
 
