@@ -1,4 +1,6 @@
 //! Logging set-up: `RUST_LOG` filters, `LOG_FORMAT=json` for structured logs.
+//! Logs go to stderr: stdout carries only what scripts read (the
+//! "Parley listening on" line).
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -9,8 +11,12 @@ pub fn init() {
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = if json {
-        registry.with(fmt::layer().json()).try_init()
+        registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .try_init()
     } else {
-        registry.with(fmt::layer()).try_init()
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init()
     };
 }
