@@ -10,7 +10,10 @@
 # endpoint's request counters, FERRETDB_DEBUG, 127.0.0.1:27018 by default).
 # BINS="a b" runs each of those Parley binaries in turn at every rate
 # (A/B in one run, alternating which goes first); the default is this
-# checkout's release build. Every run gets a fresh server on a free
+# checkout's release build. BACKENDS="sqlite postgresql" does the same for
+# FerretDB's storage (restarted on each by scripts/infra between runs;
+# PostgreSQL's CPU, its postmaster and backends, is then counted apart),
+# default: the one running. Every run gets a fresh server on a free
 # loopback port with its own data dir, topic prefix, Redis prefix and
 # database, so no run inherits another's backlog.
 # Bounded: fixed rates and durations, a deadline per run; stops only the
@@ -32,12 +35,29 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # The engines' processes as scripts/infra tracks them (none, and no CPU
 # figure, for an engine it did not start).
-ferretdb=$(scripts/infra pid ferretdb || true)
-kafka=$(scripts/infra pid kafka || true)
-redis=$(scripts/infra pid redis || true)
-ticks() { # utime + stime of a process, in clock ticks
+engine_pids() {
+  ferretdb=$(scripts/infra pid ferretdb || true)
+  kafka=$(scripts/infra pid kafka || true)
+  redis=$(scripts/infra pid redis || true)
+  postgres=$(scripts/infra pid postgres || true)
+}
+engine_pids
+running_backend() {
+  if [ -n "$ferretdb" ] && tr '\0' ' ' <"/proc/$ferretdb/cmdline" | grep -F -- --handler=postgresql >/dev/null; then
+    echo postgresql
+  else
+    echo sqlite
+  fi
+}
+BACKENDS=${BACKENDS:-$(running_backend)}
+ticks() { # CPU of a process and its children (live and reaped), in clock ticks
   if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then
-    awk '{print $14 + $15}' "/proc/$1/stat"
+    local own children
+    own=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat")
+    children=$(for c in $(cat "/proc/$1"/task/*/children 2>/dev/null); do
+      awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null
+    done | awk '{t += $1} END {print t + 0}')
+    echo $((own + children))
   else
     echo 0
   fi
@@ -68,26 +88,35 @@ start_server() {
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; all-in-one on Kafka + Redis + FerretDB"
 echo "engines: ferretdb pid ${ferretdb:-?}, kafka pid ${kafka:-?}, redis pid ${redis:-?}"
+variants=""
+for bin in $BINS; do
+  for backend in $BACKENDS; do variants="$variants $bin@$backend"; done
+done
 n=0
 for rate in $RATES; do
-  order=$BINS
-  if [ $((n % 2)) = 1 ]; then order=$(echo "$BINS" | tr ' ' '\n' | tac | tr '\n' ' '); fi
+  order=$variants
+  if [ $((n % 2)) = 1 ]; then order=$(echo "$variants" | tr ' ' '\n' | tac | tr '\n' ' '); fi
   n=$((n + 1))
-  for bin in $order; do
+  for variant in $order; do
+    bin=${variant%@*} backend=${variant##*@}
+    if [ "$backend" != "$(running_backend)" ]; then
+      PARLEY_FERRETDB_BACKEND=$backend scripts/infra up ferretdb >/dev/null
+      engine_pids
+    fi
     run=rate$$x$n$(basename "$(dirname "$(dirname "$bin")")")
     start_server "$bin" "$run"
     # Unmeasured: the sequencer joins its consumer group and the topics
     # are created before the measured run starts.
     "$load" --url "$url" flood --pairs 10 --rate 50 --secs 3 >/dev/null
     commands >"$work/commands.before"
-    f0=$(ticks "$ferretdb") k0=$(ticks "$kafka") r0=$(ticks "$redis")
-    echo "== $bin at $rate msg/s"
+    f0=$(ticks "$ferretdb") k0=$(ticks "$kafka") r0=$(ticks "$redis") p0=$(ticks "$postgres")
+    echo "== $bin, FerretDB on $backend, at $rate msg/s"
     "$load" --url "$url" --server-pid "$pid" --results "$work/results.jsonl" \
       flood --pairs "$FLOOD_PAIRS" --rate "$rate" --secs "$SECS"
-    f1=$(ticks "$ferretdb") k1=$(ticks "$kafka") r1=$(ticks "$redis")
+    f1=$(ticks "$ferretdb") k1=$(ticks "$kafka") r1=$(ticks "$redis") p1=$(ticks "$postgres")
     commands >"$work/commands.after"
     accepted=$(tail -1 "$work/results.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["accepted"])')
-    python3 - "$accepted" "$hz" "$((f1 - f0))" "$((k1 - k0))" "$((r1 - r0))" "$work/commands.before" "$work/commands.after" <<'EOF'
+    python3 - "$accepted" "$hz" "$((f1 - f0))" "$((k1 - k0))" "$((r1 - r0))" "$work/commands.before" "$work/commands.after" "$((p1 - p0))" "$backend" <<'EOF'
 import sys
 accepted, hz = int(sys.argv[1]), int(sys.argv[2])
 def counts(path):
@@ -102,8 +131,12 @@ if accepted and after:
     shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.005)
     print(f"ferretdb commands per accepted msg: {shown}")
 names = ["ferretdb", "kafka", "redis"]
+ticks = sys.argv[3:6]
+if sys.argv[9] == "postgresql":
+    names.append("postgresql")
+    ticks.append(sys.argv[8])
 parts = []
-for name, t in zip(names, sys.argv[3:6]):
+for name, t in zip(names, ticks):
     ms = int(t) * 1000 / hz
     per = ms / accepted if accepted else float("nan")
     parts.append(f"{name} {ms / 1000:.1f} s CPU, {per:.2f} ms/accepted msg")
