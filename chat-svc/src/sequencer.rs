@@ -3,7 +3,9 @@
 //! conversations' `seq`. For every batch: persist (idempotently), push to
 //! the members' sessions, then commit the offsets. A crash before the commit
 //! replays the batch; the store hands back the already stored messages with
-//! their original id and seq.
+//! their original id and seq. (The commit waits for [`Store::sync`], see
+//! [`run`]; every ordering rule of this path is listed in
+//! `docs/architecture.md#crash-ordering-rules`.)
 //!
 //! Changes to messages (edits, deletions, reactions) are checked again here
 //! against the target's stored state, then appended like a message (they
