@@ -53,9 +53,10 @@ const BATCH: usize = 512;
 /// and within it of the last batch when they stop. `caught_up` is told
 /// once the store holds everything the log held when the sequencer joined
 /// (at once unless the store
-/// [rolls back on a crash](Store::rolls_back_on_crash): then once the
-/// group's lag on `chat-messages` is 0; nothing else writes to the log
-/// while chat-svc waits for it).
+/// [rolls back on a crash](Store::rolls_back_on_crash): then once
+/// [`EventBus::uncommitted`] of the group on `chat-messages` is 0, which
+/// unlike its lag also counts partitions it never committed on; nothing
+/// else writes to the log while chat-svc waits for it).
 pub async fn run(chat: Chat, caught_up: oneshot::Sender<()>, shutdown: CancellationToken) {
     let bus = chat.backends.bus.as_ref();
     let Some(mut subscription) = subscribe_until(bus, GROUP, Topic::ChatMessages, &shutdown).await
