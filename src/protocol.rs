@@ -1,5 +1,6 @@
 //! The browser-facing protocol: JSON text frames over `/ws`, each with a
-//! `type`. Names here are the public contract of `DESIGN.md`.
+//! `type`. Names here are the public contract: `docs/protocol.md`, in brief
+//! `docs/architecture.md#client-contract`.
 //!
 //! Client frames are decoded in two steps so a bad frame still gets its
 //! `ref` echoed: first as loose JSON (to read `type` and `ref`), then into the

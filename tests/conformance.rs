@@ -1,7 +1,9 @@
 #![allow(clippy::unwrap_used)]
 
-//! The backend conformance suite stamped out for the embedded backends.
-//! The real backends run the same checks (see `parley::conformance`).
+//! The backend conformance suite stamped out for the embedded backends,
+//! and for the real ones when `KAFKA_BROKERS`, `REDIS_URL` and
+//! `MONGODB_URL` name them (`scripts/test` sets them; each is skipped,
+//! saying so, when unset, unless `PARLEY_REQUIRE_REAL_BACKENDS` is set).
 
 use parley::bus::EventBus;
 use parley::bus::embedded::EmbeddedBus;

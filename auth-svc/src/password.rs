@@ -1,7 +1,9 @@
 //! argon2id password hashes. Hashing costs tens of milliseconds of CPU and
 //! about 19 MiB of memory on purpose, so it runs on the blocking pool, never
 //! on an async worker, and at most one hash per core runs at a time: a flood
-//! of logins queues (briefly) instead of exhausting memory.
+//! of logins queues instead of exhausting memory, each request for at most
+//! `QUEUE_WAIT` (5 s), after which it is refused ([`PasswordError::Busy`],
+//! `rate_limited` to the client, HTTP 429 on REST).
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};

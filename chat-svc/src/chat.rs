@@ -259,7 +259,9 @@ impl Chat {
     }
 
     /// Validates, dedupes on `(sender, client_msg_id)`, and appends the
-    /// message durably to `chat-messages`. On `Ok` the message cannot be lost.
+    /// message durably to `chat-messages`. On `Ok` no crash of a Parley
+    /// process can lose the message; what the bus itself keeps through a
+    /// crash of its host is in `docs/architecture.md#durability`.
     pub async fn send(
         &self,
         user: &UserId,

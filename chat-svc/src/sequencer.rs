@@ -3,7 +3,9 @@
 //! conversations' `seq`. For every batch: persist (idempotently), push to
 //! the members' sessions, then commit the offsets. A crash before the commit
 //! replays the batch; the store hands back the already stored messages with
-//! their original id and seq.
+//! their original id and seq. (The commit waits for [`Store::sync`], see
+//! [`run`]; every ordering rule of this path is listed in
+//! `docs/architecture.md#crash-ordering-rules`.)
 //!
 //! Changes to messages (edits, deletions, reactions) are checked again here
 //! against the target's stored state, then appended like a message (they
@@ -51,9 +53,10 @@ const BATCH: usize = 512;
 /// and within it of the last batch when they stop. `caught_up` is told
 /// once the store holds everything the log held when the sequencer joined
 /// (at once unless the store
-/// [rolls back on a crash](Store::rolls_back_on_crash): then once the
-/// group's lag on `chat-messages` is 0; nothing else writes to the log
-/// while chat-svc waits for it).
+/// [rolls back on a crash](Store::rolls_back_on_crash): then once
+/// [`EventBus::uncommitted`] of the group on `chat-messages` is 0, which
+/// unlike its lag also counts partitions it never committed on; nothing
+/// else writes to the log while chat-svc waits for it).
 pub async fn run(chat: Chat, caught_up: oneshot::Sender<()>, shutdown: CancellationToken) {
     let bus = chat.backends.bus.as_ref();
     let Some(mut subscription) = subscribe_until(bus, GROUP, Topic::ChatMessages, &shutdown).await

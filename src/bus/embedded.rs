@@ -54,10 +54,11 @@ const MAX_GROUP_COMMIT: usize = 1024;
 /// at most, and at most [`TAIL_BYTES`] of payload.
 const TAIL_RECORDS: usize = 1024;
 
-/// Payload bytes kept per partition in the [`Tail`]: with the default 16
-/// partitions and three topics at most 48 MiB however large the messages
-/// (a message body may be 4,000 characters); at 100-byte chat events the
-/// record count binds first.
+/// Payload bytes kept per partition in the [`Tail`]: with the default 8
+/// partitions (`PARLEY_PARTITIONS`) and three topics at most 24 MiB (3 MiB
+/// per partition configured) however large the messages (a message body
+/// may be 4,000 characters); at 100-byte chat events the record count
+/// binds first.
 const TAIL_BYTES: usize = 1024 * 1024;
 
 /// The newest committed records of each partition, in offset order, so a

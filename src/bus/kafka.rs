@@ -2,8 +2,14 @@
 //!
 //! - Producer: idempotent (`enable.idempotence=true`, `acks=all`), so a
 //!   retried send is written once; a publish returns only when the broker
-//!   has it on every in-sync replica. `linger.ms=2` trades 2 ms at low load
-//!   for batching at high load.
+//!   has it on every in-sync replica. That is replication, not an fsync:
+//!   Kafka leaves flushing to the OS unless `flush.messages` is set, so on
+//!   one broker with replication factor 1 (`scripts/infra`,
+//!   `docker-compose.yml`, `PARLEY_REPLICATION`'s default) an acked record
+//!   survives a kill of any process but not a crash of the broker's host
+//!   (`docs/architecture.md#durability`). `linger.ms=2` trades 2 ms at low
+//!   load for batching at high load. No `partitioner` is set: librdkafka's
+//!   default, `consistent_random` (CRC32 of the key), places records.
 //! - Consumers: one rdkafka consumer per subscription, in the given group,
 //!   auto-commit off, offsets committed by [`Subscription::commit`] after
 //!   processing (at-least-once). `fetch.wait.max.ms=10` keeps an idle

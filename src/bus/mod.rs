@@ -85,6 +85,8 @@ impl From<BusError> for crate::ApiError {
 pub trait EventBus: Send + Sync + 'static {
     /// Appends an event to the partition of `key`. When this returns `Ok`, the
     /// event is durable: it will be consumed even if this process dies now.
+    /// What each implementation's `Ok` survives beyond that (a host crash of
+    /// a single Kafka broker, for one) is in `docs/architecture.md#durability`.
     async fn publish(&self, topic: Topic, key: &str, payload: Bytes) -> Result<(), BusError>;
 
     /// Joins `group` on `topic`. Members of one group split the partitions
@@ -132,8 +134,13 @@ pub trait Subscription: Send {
     async fn commit(&mut self, records: &[Record]) -> Result<(), BusError>;
 }
 
-/// Kafka's default partitioner hashes keys with murmur2; any stable hash
-/// serves the embedded bus, as long as one key always maps to one partition.
+/// The embedded bus's partitioner: FNV-1a of the key, modulo the partition
+/// count. Only [`embedded::EmbeddedBus`] uses it. The Kafka producer sets no
+/// `partitioner`, so librdkafka's default, `consistent_random` (CRC32 of the
+/// key; Java clients default to murmur2), places its records, and a key may
+/// land on another partition number there than here. Nothing depends on the
+/// two agreeing: what matters is that one key always maps to one partition
+/// of a given bus, so one conversation's events stay in order.
 pub fn partition_for(key: &str, partitions: u32) -> u32 {
     // FNV-1a: stable across runs and platforms, unlike `DefaultHasher`.
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {

@@ -1,6 +1,8 @@
 //! The registry: everything that describes live processes and sessions and
 //! so must expire on its own when its owner dies. Service instances, user
-//! sessions, presence, idempotency claims and rate limits, each with a TTL.
+//! sessions, idempotency claims and rate limits, each with a TTL; and
+//! presence (status, last seen), which has none: it stays until it changes,
+//! and presence-svc's sweeper marks offline users whose sessions expired.
 //!
 //! Redis in production; [`memory::MemoryRegistry`] in one process.
 

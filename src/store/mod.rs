@@ -332,8 +332,10 @@ pub trait Store: Send + Sync + 'static {
     /// assigning the same seqs (the log is the write-ahead record, the
     /// store a view of it: one durability point per message, issue 12).
     /// The embedded store commits those writes without fsync and fsyncs
-    /// here; a store whose writes are durable when they return (MongoDB,
-    /// acknowledged writes) has nothing to do.
+    /// here; a store whose writes are as durable as they will get when they
+    /// return has nothing to do: the Mongo store, whose acknowledged writes
+    /// are as durable as the server's default write concern makes them
+    /// (Parley sets none; see `docs/architecture.md#durability`).
     async fn sync(&self) -> Result<(), StoreError> {
         Ok(())
     }
