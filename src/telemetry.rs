@@ -10,13 +10,10 @@ pub fn init() {
         .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let registry = tracing_subscriber::registry().with(filter);
+    let layer = fmt::layer().with_writer(std::io::stderr);
     let _ = if json {
-        registry
-            .with(fmt::layer().json().with_writer(std::io::stderr))
-            .try_init()
+        registry.with(layer.json()).try_init()
     } else {
-        registry
-            .with(fmt::layer().with_writer(std::io::stderr))
-            .try_init()
+        registry.with(layer).try_init()
     };
 }
