@@ -42,14 +42,7 @@ engine_pids() {
   postgres=$(scripts/infra pid postgres || true)
 }
 engine_pids
-running_backend() {
-  if [ -n "$ferretdb" ] && tr '\0' ' ' <"/proc/$ferretdb/cmdline" | grep -F -- --handler=postgresql >/dev/null; then
-    echo postgresql
-  else
-    echo sqlite
-  fi
-}
-BACKENDS=${BACKENDS:-$(running_backend)}
+BACKENDS=${BACKENDS:-$(scripts/infra backend)}
 ticks() { # CPU of a process and its children (live and reaped), in clock ticks
   if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then
     local own children
@@ -87,23 +80,26 @@ start_server() {
 }
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; all-in-one on Kafka + Redis + FerretDB"
-echo "engines: ferretdb pid ${ferretdb:-?}, kafka pid ${kafka:-?}, redis pid ${redis:-?}"
+echo "engines: ferretdb pid ${ferretdb:-?} (on $(scripts/infra backend)), kafka pid ${kafka:-?}, redis pid ${redis:-?}"
 variants=""
 for bin in $BINS; do
   for backend in $BACKENDS; do variants="$variants $bin@$backend"; done
 done
-n=0
+n=0 runs=0
 for rate in $RATES; do
   order=$variants
   if [ $((n % 2)) = 1 ]; then order=$(echo "$variants" | tr ' ' '\n' | tac | tr '\n' ' '); fi
   n=$((n + 1))
   for variant in $order; do
     bin=${variant%@*} backend=${variant##*@}
-    if [ "$backend" != "$(running_backend)" ]; then
+    if [ "$backend" != "$(scripts/infra backend)" ]; then
       PARLEY_FERRETDB_BACKEND=$backend scripts/infra up ferretdb >/dev/null
       engine_pids
     fi
-    run=rate$$x$n$(basename "$(dirname "$(dirname "$bin")")")
+    # Numbered per run, not per rate: two variants at one rate must not
+    # share topics, consumer group, Redis keys or database.
+    runs=$((runs + 1))
+    run=rate$$x$runs
     start_server "$bin" "$run"
     # Unmeasured: the sequencer joins its consumer group and the topics
     # are created before the measured run starts.
