@@ -10,8 +10,8 @@ use parley::bus::embedded::EmbeddedBus;
 use parley::conformance::{bus, registry, store, unique};
 use parley::registry::Registry;
 use parley::registry::memory::MemoryRegistry;
-use parley::store::Store;
 use parley::store::embedded::EmbeddedStore;
+use parley::store::{Store, StoreError};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -300,6 +300,8 @@ mod mongo_store_checks {
             .await
             .unwrap();
         assert_eq!(lowered.modified_count, 1, "no crash state was set up");
+        // A crash loses what the process held in memory: a new handle.
+        let store = open(&url, raw.name()).await;
         let third = store.append_messages(&[m("3")]).await.unwrap();
         assert_eq!((third[0].message.seq, third[0].fresh), (3, true));
 
@@ -316,6 +318,7 @@ mod mongo_store_checks {
             .await
             .unwrap();
         assert_eq!(lowered.modified_count, 1, "no crash state was set up");
+        let store = open(&url, raw.name()).await;
         assert_eq!(store.message_by_client_id(&a, "4").await.unwrap(), None);
         let replay = store
             .append_messages(&[four.clone(), m("5")])
@@ -359,6 +362,102 @@ mod mongo_store_checks {
             assert_eq!(found.map(|f| f.seq), Some(seq), "{client_msg_id}");
         }
         assert_eq!(messages.count_documents(doc! {}).await.unwrap(), 8);
+    }
+
+    /// The partition moved away and back: the process that wrote the
+    /// conversation first holds a last seq that is too low by now. Its next
+    /// append is refused (the seq is taken) and the retry finds the store's
+    /// seq: nothing overwritten, seqs dense.
+    #[tokio::test]
+    async fn a_stale_held_seq_costs_a_retry_not_a_seq() {
+        let Some(url) = real("MONGODB_URL") else {
+            return;
+        };
+        let (first, raw) = open_with_raw(&url).await;
+        let second = open(&url, raw.name()).await;
+        let (a, b, c) = (unique("a"), unique("b"), unique("c"));
+        first.ensure_direct(&c, &a, &b, 1).await.unwrap();
+        let m = |n: &str| store::message(&c, &a, n);
+        first.append_messages(&[m("1"), m("2")]).await.unwrap();
+        second.append_messages(&[m("3")]).await.unwrap();
+        let refused = first.append_messages(&[m("4")]).await;
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "a taken seq must refuse the append, got {refused:?}"
+        );
+        // Its key, planned at the taken seq, must not pass for the message
+        // stored there (a resend would be answered with another message).
+        assert_eq!(first.message_by_client_id(&a, "4").await.unwrap(), None);
+        assert_eq!(second.message_by_client_id(&a, "4").await.unwrap(), None);
+        let retried = first.append_messages(&[m("4")]).await.unwrap();
+        assert_eq!((retried[0].message.seq, retried[0].fresh), (4, true));
+        let history = second.messages_after(&c, 0, 100).await.unwrap();
+        let got: Vec<(u64, &str)> = history
+            .iter()
+            .map(|h| (h.seq, h.client_msg_id.as_str()))
+            .collect();
+        assert_eq!(got, [(1, "1"), (2, "2"), (3, "3"), (4, "4")]);
+    }
+
+    /// A replay after a restart: the first batch finds only messages
+    /// stored already (seqs 1 and 2 of 3). Their seqs say nothing about the
+    /// conversation's last one, so the next new message still gets 4; a
+    /// process that held 2 planned 3 on every retry and stalled its
+    /// partition for good.
+    #[tokio::test]
+    async fn replayed_duplicates_do_not_lower_the_next_seq() {
+        let Some(url) = real("MONGODB_URL") else {
+            return;
+        };
+        let (before, raw) = open_with_raw(&url).await;
+        let (a, b, c) = (unique("a"), unique("b"), unique("c"));
+        before.ensure_direct(&c, &a, &b, 1).await.unwrap();
+        let m = |n: &str| store::message(&c, &a, n);
+        before
+            .append_messages(&[m("1"), m("2"), m("3")])
+            .await
+            .unwrap();
+        let after = open(&url, raw.name()).await;
+        let replay = after.append_messages(&[m("1"), m("2")]).await.unwrap();
+        let got: Vec<(u64, bool)> = replay.iter().map(|r| (r.message.seq, r.fresh)).collect();
+        assert_eq!(got, [(1, false), (2, false)]);
+        let next = after.append_messages(&[m("4")]).await;
+        assert!(
+            matches!(&next, Ok(n) if n[0].message.seq == 4 && n[0].fresh),
+            "the next message must get seq 4 at once, got {next:?}"
+        );
+    }
+
+    /// A resend in the middle of a batch of new messages: the guess that
+    /// every key is new fails after the other keys were inserted, and the
+    /// checked append must still hand out dense seqs.
+    #[tokio::test]
+    async fn a_resend_among_new_messages_leaves_no_gap() {
+        let Some(url) = real("MONGODB_URL") else {
+            return;
+        };
+        let (store, _raw) = open_with_raw(&url).await;
+        let (a, b, c) = (unique("a"), unique("b"), unique("c"));
+        store.ensure_direct(&c, &a, &b, 1).await.unwrap();
+        let m = |n: &str| store::message(&c, &a, n);
+        let resent = m("resent");
+        store
+            .append_messages(std::slice::from_ref(&resent))
+            .await
+            .unwrap();
+        let batch = store
+            .append_messages(&[m("x"), resent.clone(), m("y")])
+            .await
+            .unwrap();
+        let got: Vec<(u64, bool)> = batch.iter().map(|r| (r.message.seq, r.fresh)).collect();
+        assert_eq!(got, [(2, true), (1, false), (3, true)]);
+        let history = store.messages_after(&c, 0, 100).await.unwrap();
+        let seqs: Vec<u64> = history.iter().map(|h| h.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        for (client_msg_id, seq) in [("x", 2), ("y", 3)] {
+            let found = store.message_by_client_id(&a, client_msg_id).await.unwrap();
+            assert_eq!(found.map(|f| f.seq), Some(seq), "{client_msg_id}");
+        }
     }
 
     /// A login key lost between the account and its key is rebuilt.

@@ -82,6 +82,7 @@ pub struct Chat {
     max_backlog: u64,
     pub(crate) receipts: crate::receipts::ReceiptQueue,
     pub(crate) memberships: crate::conversations::MembershipCache,
+    pub(crate) directs: crate::conversations::Directs,
 }
 
 /// What `send_message` answers.
@@ -181,6 +182,7 @@ impl Chat {
             max_backlog: DEFAULT_MAX_BACKLOG,
             receipts: crate::receipts::ReceiptQueue::default(),
             memberships: crate::conversations::MembershipCache::default(),
+            directs: crate::conversations::Directs::default(),
         }
     }
 
@@ -290,7 +292,14 @@ impl Chat {
             });
         }
         self.count_send(user).await?;
-        let conversation = resolve(self.backends.store.as_ref(), user, target, true).await?;
+        let conversation = resolve(
+            self.backends.store.as_ref(),
+            &self.directs,
+            user,
+            target,
+            true,
+        )
+        .await?;
         let message = ChatMessage {
             id: id.into_string(),
             conversation_id: conversation.id,
@@ -457,7 +466,14 @@ impl Chat {
         if !matches!(state, "start" | "stop") {
             return Err(ApiError::invalid("state must be \"start\" or \"stop\""));
         }
-        let c = resolve(self.backends.store.as_ref(), user, target, false).await?;
+        let c = resolve(
+            self.backends.store.as_ref(),
+            &self.directs,
+            user,
+            target,
+            false,
+        )
+        .await?;
         let others: Vec<String> = c
             .members
             .iter()

@@ -32,8 +32,11 @@ impl Target {
 
 /// The conversation `target` names, if `user` is a member. A 1:1
 /// conversation is created when `create` is set and it does not exist yet.
+/// A 1:1 conversation's head comes from `directs` (see [`Directs`]: its
+/// `last_seq` is not filled in); a group's is read from the store.
 pub async fn resolve(
     store: &dyn Store,
+    directs: &Directs,
     user: &UserId,
     target: &Target,
     create: bool,
@@ -44,7 +47,7 @@ pub async fn resolve(
                 return Err(ApiError::invalid("cannot message yourself"));
             }
             let id = ConversationId::direct(user, peer);
-            if let Some(existing) = store.conversation_head(id.as_str()).await? {
+            if let Some(existing) = directs.head(store, id.as_str()).await? {
                 return Ok(existing);
             }
             let exists = !store
@@ -63,9 +66,11 @@ pub async fn resolve(
                     ..Default::default()
                 });
             }
-            Ok(store
+            let created = store
                 .ensure_direct(id.as_str(), user.as_str(), peer.as_str(), now_ms())
-                .await?)
+                .await?;
+            directs.remember(&created);
+            Ok(created)
         }
         Target::Conversation(id) => member_of(store, user, id).await,
     }
@@ -81,6 +86,68 @@ pub async fn member_of(
     match store.conversation_head(id.as_str()).await? {
         Some(c) if c.members.iter().any(|m| m == user.as_str()) => Ok(c),
         _ => Err(ApiError::conversation_not_found()),
+    }
+}
+
+/// 1:1 conversations kept at most by [`Directs`]; past it the map starts
+/// over (each conversation then costs one store read again).
+const DIRECTS_KEPT: usize = 100_000;
+
+/// The heads of 1:1 conversations seen, by id. A 1:1 conversation's kind,
+/// name and members are fixed when it is created (group changes refuse
+/// it), so one read answers every later send and fan-out: under a 1:1
+/// flood these reads were a third of what the Mongo-wire store did. The
+/// heads [`Directs::head`] answers carry no `last_seq` and no cursors,
+/// whatever the conversation's kind (those change); callers that need them
+/// read the store.
+#[derive(Debug, Clone, Default)]
+pub struct Directs(Arc<Mutex<HashMap<String, Conversation>>>);
+
+impl Directs {
+    fn heads(&self) -> std::sync::MutexGuard<'_, HashMap<String, Conversation>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The conversation's kind, name and members: from here for a 1:1
+    /// conversation seen before, else from the store (and kept if it is a
+    /// 1:1 one). `None` when it does not exist.
+    pub async fn head(
+        &self,
+        store: &dyn Store,
+        id: &str,
+    ) -> Result<Option<Conversation>, parley::store::StoreError> {
+        if let Some(head) = self.heads().get(id) {
+            return Ok(Some(head.clone()));
+        }
+        let head = store.conversation_head(id).await?.map(without_state);
+        if let Some(head) = &head {
+            self.remember(head);
+        }
+        Ok(head)
+    }
+
+    /// Keeps `c` if it is a 1:1 conversation.
+    pub fn remember(&self, c: &Conversation) {
+        if c.kind != "direct" {
+            return;
+        }
+        let mut heads = self.heads();
+        if heads.len() >= DIRECTS_KEPT {
+            heads.clear();
+        }
+        heads.insert(c.id.clone(), without_state(c.clone()));
+    }
+}
+
+/// A head without what changes after creation (`last_seq`, cursors), so
+/// a kept head never passes for a current one.
+fn without_state(c: Conversation) -> Conversation {
+    Conversation {
+        last_seq: 0,
+        cursors: Vec::new(),
+        ..c
     }
 }
 

@@ -27,6 +27,7 @@
 
 use crate::changes::refusal;
 use crate::chat::Chat;
+use crate::conversations::Directs;
 use crate::log::GROUP;
 use crate::tally::Tally;
 use parley::bus::{EventBus, Record, Subscription, Topic, next_batch_until, subscribe_until};
@@ -312,7 +313,9 @@ async fn process(chat: &Chat, tally: &Tally, batch: &[Record]) -> Result<(), Sto
                     }
                     metrics::counter!("parley_chat_messages_persisted_total").increment(1);
                     let conversation = &stored.message.conversation_id;
-                    if let Some(c) = conversation_of(store, &mut members, conversation).await? {
+                    if let Some(c) =
+                        conversation_of(store, &chat.directs, &mut members, conversation).await?
+                    {
                         outgoing.push(Outgoing {
                             users: c.members.clone(),
                             frame: server::new_message(&stored.message).into(),
@@ -322,7 +325,9 @@ async fn process(chat: &Chat, tally: &Tally, batch: &[Record]) -> Result<(), Sto
                 }
             }
             Step::Change(change) => {
-                if let Some((entry, users)) = apply_change(store, &mut members, *change).await? {
+                if let Some((entry, users)) =
+                    apply_change(store, &chat.directs, &mut members, *change).await?
+                {
                     outgoing.push(Outgoing {
                         users,
                         frame: server::entry(&entry).into(),
@@ -334,7 +339,7 @@ async fn process(chat: &Chat, tally: &Tally, batch: &[Record]) -> Result<(), Sto
                 // a cache or a membership list that may lag the group.
                 let mut kept = Vec::with_capacity(run.len());
                 for receipt in run {
-                    if conversation_of(store, &mut members, &receipt.conversation_id)
+                    if conversation_of(store, &chat.directs, &mut members, &receipt.conversation_id)
                         .await?
                         .is_some_and(|c| c.members.contains(&receipt.user_id))
                     {
@@ -410,10 +415,11 @@ async fn process(chat: &Chat, tally: &Tally, batch: &[Record]) -> Result<(), Sto
 /// (the same sender and `client_msg_id`, its claim forgotten) is neither.
 async fn apply_change(
     store: &dyn Store,
+    directs: &Directs,
     members: &mut HashMap<String, Conversation>,
     change: ChatMessage,
 ) -> Result<Option<(ChatMessage, Vec<String>)>, StoreError> {
-    let Some(users) = conversation_of(store, members, &change.conversation_id)
+    let Some(users) = conversation_of(store, directs, members, &change.conversation_id)
         .await?
         .map(|c| c.members.clone())
     else {
@@ -512,15 +518,17 @@ async fn append_run(
     }
 }
 
-/// A conversation with its members (cached for the batch); `None` when it
-/// does not exist, which no retry will change.
+/// A conversation's kind and members (cached for the batch, and for good
+/// when it is 1:1, see [`Directs`]); `None` when it does not exist, which
+/// no retry will change.
 async fn conversation_of<'a>(
     store: &dyn Store,
+    directs: &Directs,
     cache: &'a mut HashMap<String, Conversation>,
     id: &str,
 ) -> Result<Option<&'a Conversation>, StoreError> {
     if !cache.contains_key(id) {
-        let Some(c) = store.conversation_head(id).await? else {
+        let Some(c) = directs.head(store, id).await? else {
             tracing::error!(conversation = %id, "event for a conversation that does not exist");
             return Ok(None);
         };

@@ -34,6 +34,16 @@ pub struct Appended {
     pub fresh: bool,
 }
 
+impl Appended {
+    /// The same message met again later in one batch: nothing new stored.
+    pub fn repeated(&self) -> Self {
+        Self {
+            message: self.message.clone(),
+            fresh: false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A unique field is taken (`username`, `email`).

@@ -49,6 +49,7 @@ use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use std::collections::{BTreeSet, HashMap};
 
+mod held;
 mod memberships;
 
 /// Point lookups in flight at once for one call (the driver's pool holds
@@ -58,6 +59,8 @@ const LOOKUPS_IN_FLIGHT: usize = 16;
 #[derive(Clone, Debug)]
 pub struct MongoStore {
     db: Database,
+    /// Last seqs of the conversations this process appended to.
+    held: held::HeldSeqs,
 }
 
 fn unavailable(e: mongodb::error::Error) -> StoreError {
@@ -76,6 +79,29 @@ fn concurrent(e: mongodb::error::Error) -> StoreError {
         StoreError::Unavailable(format!("concurrent append: {e}"))
     } else {
         unavailable(e)
+    }
+}
+
+/// [`concurrent`], naming the document an ordered insert stopped at, so a
+/// refused append says which message and seq clashed.
+fn conflict_in(e: mongodb::error::Error, docs: &[Document]) -> StoreError {
+    use mongodb::error::{ErrorKind, InsertManyError};
+    let at = match e.kind.as_ref() {
+        ErrorKind::InsertMany(InsertManyError {
+            write_errors: Some(errors),
+            ..
+        }) => errors.first().and_then(|w| docs.get(w.index)),
+        _ => None,
+    };
+    match (concurrent(e), at) {
+        (StoreError::Unavailable(m), Some(d)) => StoreError::Unavailable(format!(
+            "{m}; at _id {:?} (id {:?}, from {:?}, client_msg_id {:?})",
+            d.get_str("_id").unwrap_or_default(),
+            d.get_str("id").unwrap_or_default(),
+            d.get_str("from").unwrap_or_default(),
+            d.get_str("client_msg_id").unwrap_or_default(),
+        )),
+        (other, _) => other,
     }
 }
 
@@ -292,6 +318,7 @@ impl MongoStore {
         let client = Client::with_options(options).map_err(unavailable)?;
         let store = Self {
             db: client.database(&name),
+            held: held::HeldSeqs::default(),
         };
         store.ping().await?;
         store.create_indexes().await?;
@@ -521,6 +548,212 @@ impl MongoStore {
     }
 }
 
+impl MongoStore {
+    /// Appends a batch on the guess that none of its keys is stored, which
+    /// holds for all but resends and replays: plans every message as new,
+    /// then inserts the keys, whose unique `_id` checks the guess in one
+    /// round trip instead of one lookup per message. `None` when a key was
+    /// there: then [`Self::append_checked`] does it again, and the keys
+    /// inserted here are found and either used (their seq is next) or
+    /// rewritten.
+    async fn append_new(
+        &self,
+        messages: &[ChatMessage],
+    ) -> Result<Option<Vec<Appended>>, StoreError> {
+        let mut seqs = SeqCounter::default();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut keys = Vec::with_capacity(messages.len());
+        let mut out: Vec<Appended> = Vec::with_capacity(messages.len());
+        for m in messages {
+            let key = client_key(&m.from, &m.client_msg_id);
+            if let Some(&i) = seen.get(&key) {
+                out.push(out[i].repeated());
+                continue;
+            }
+            let planned = self.next_fresh(&mut seqs, m).await?;
+            keys.push(key_doc(&key, &planned.message));
+            seen.insert(key, out.len());
+            out.push(planned);
+        }
+        if keys.is_empty() {
+            return Ok(Some(out));
+        }
+        match self
+            .coll("message_keys")
+            .insert_many(keys)
+            .ordered(false)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if only_duplicates(&e) => return Ok(None),
+            Err(e) => return Err(unavailable(e)),
+        }
+        self.write_planned(&out).await?;
+        self.held.raise(seqs.known());
+        Ok(Some(out))
+    }
+
+    /// Appends a batch whose keys may already be stored (a resend, a
+    /// replay after a crash, or [`Self::append_new`] finding one): looks up
+    /// every key first.
+    async fn append_checked(&self, messages: &[ChatMessage]) -> Result<Vec<Appended>, StoreError> {
+        let keys: Vec<String> = messages
+            .iter()
+            .map(|m| client_key(&m.from, &m.client_msg_id))
+            .collect();
+        let found = self.by_ids("message_keys", keys.clone()).await?;
+        let mut seqs = SeqCounter::default();
+        // Index in `out` of each key seen in this batch (a resend can
+        // follow its original in one batch).
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut new_keys = Vec::new();
+        let mut rewritten_keys = Vec::new();
+        let mut out: Vec<Appended> = Vec::with_capacity(messages.len());
+        for ((m, key), found) in messages.iter().zip(&keys).zip(found) {
+            if let Some(&i) = seen.get(key.as_str()) {
+                out.push(out[i].repeated());
+                continue;
+            }
+            seen.insert(key, out.len());
+            // A key whose seq holds this very message: a duplicate. A key
+            // whose seq is free and next: reserved by an append that
+            // stopped before the message, written there now. Any other key
+            // is stale (its seq went to another message, which only a
+            // second writer of the conversation can cause, or lies past a
+            // seq that is free, which an append that stopped after some of
+            // its keys can leave): the message gets the next seq and the
+            // key is rewritten, so seqs stay dense. Nobody has seen a
+            // reserved seq: a message is pushed only once it is stored.
+            let mut stale_key = false;
+            if let Some(k) = found {
+                let conversation = get_str(&k, "conversation_id")?;
+                let seq = get_u64(&k, "seq");
+                let stored = self
+                    .by_id("messages", &message_key(&conversation, seq))
+                    .await?;
+                match stored {
+                    Some(d)
+                        if d.get_str("from") == Ok(m.from.as_str())
+                            && d.get_str("client_msg_id") == Ok(m.client_msg_id.as_str()) =>
+                    {
+                        out.push(Appended {
+                            message: message_from(&d)?,
+                            fresh: false,
+                        });
+                        continue;
+                    }
+                    None if seq == seqs.last(self, &conversation).await? + 1 => {
+                        seqs.take(&conversation, seq);
+                        out.push(Appended {
+                            message: ChatMessage {
+                                conversation_id: conversation,
+                                seq,
+                                ..m.clone()
+                            },
+                            fresh: true,
+                        });
+                        continue;
+                    }
+                    _ => stale_key = true,
+                }
+            }
+            let planned = self.next_fresh(&mut seqs, m).await?;
+            let key_doc = key_doc(key, &planned.message);
+            if stale_key {
+                rewritten_keys.push(key_doc);
+            } else {
+                new_keys.push(key_doc);
+            }
+            out.push(planned);
+        }
+        for key_doc in rewritten_keys {
+            let id = key_doc.get_str("_id").unwrap_or_default().to_owned();
+            self.coll("message_keys")
+                .replace_one(doc! {"_id": id}, key_doc)
+                .await
+                .map_err(unavailable)?;
+        }
+        // Keys, then messages, then `last_seq`: see the module docs.
+        if !new_keys.is_empty() {
+            self.coll("message_keys")
+                .insert_many(new_keys)
+                .ordered(true)
+                .await
+                .map_err(concurrent)?;
+        }
+        self.write_planned(&out).await?;
+        self.held.raise(seqs.known());
+        Ok(out)
+    }
+
+    /// `m` planned at the next seq of its conversation.
+    async fn next_fresh(
+        &self,
+        seqs: &mut SeqCounter,
+        m: &ChatMessage,
+    ) -> Result<Appended, StoreError> {
+        let seq = seqs.last(self, &m.conversation_id).await? + 1;
+        seqs.take(&m.conversation_id, seq);
+        Ok(Appended {
+            message: ChatMessage { seq, ..m.clone() },
+            fresh: true,
+        })
+    }
+
+    /// Writes what an append planned (its fresh messages), in the order a
+    /// crash needs (see the module docs): the messages, then their id keys,
+    /// then `last_seq`. The client keys are written already.
+    async fn write_planned(&self, out: &[Appended]) -> Result<(), StoreError> {
+        let fresh = || out.iter().filter(|a| a.fresh).map(|a| &a.message);
+        let to_write: Vec<Document> = fresh().map(message_doc).collect();
+        if !to_write.is_empty() {
+            self.coll("messages")
+                .insert_many(&to_write)
+                .ordered(true)
+                .await
+                .map_err(|e| conflict_in(e, &to_write))?;
+            // After the messages: a key never points at a message that is
+            // not there, and a key an interrupted attempt wrote is kept.
+            let id_keys = fresh().map(|m| key_doc(&id_key(&m.id), m));
+            match self
+                .coll("message_keys")
+                .insert_many(id_keys)
+                .ordered(false)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if only_duplicates(&e) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        // Owned keys: a borrowed one makes the futures below not `Send`
+        // for every lifetime (rustc's higher-ranked closure inference).
+        let mut highest: HashMap<String, u64> = HashMap::new();
+        for a in out {
+            let h = highest
+                .entry(a.message.conversation_id.clone())
+                .or_insert(0);
+            *h = (*h).max(a.message.seq);
+        }
+        // One writer per `seqs` document, so these need no order.
+        stream::iter(highest)
+            .map(|(conversation, seq)| async move { self.raise_last_seq(&conversation, seq).await })
+            .buffer_unordered(LOOKUPS_IN_FLIGHT)
+            .try_collect::<()>()
+            .await
+    }
+}
+
+/// A `message_keys` document: `id` (a client key or an id key) → where
+/// `message` is stored.
+fn key_doc(id: &str, message: &ChatMessage) -> Document {
+    doc! {
+        "_id": id,
+        "conversation_id": &message.conversation_id,
+        "seq": seq_bson(message.seq),
+    }
+}
+
 /// The seqs handed out while appending one batch, per conversation.
 #[derive(Default)]
 struct SeqCounter(HashMap<String, u64>);
@@ -532,12 +765,24 @@ impl SeqCounter {
         if let Some(seq) = self.0.get(conversation) {
             return Ok(*seq);
         }
+        if let Some(seq) = store.held.get(conversation) {
+            self.0.insert(conversation.to_owned(), seq);
+            return Ok(seq);
+        }
         let Some(doc) = store.conversation_doc(conversation).await? else {
             return Err(StoreError::NoConversation(conversation.to_owned()));
         };
         let seq = store.stored_last_seq(&doc).await?;
         self.0.insert(conversation.to_owned(), seq);
         Ok(seq)
+    }
+
+    /// The last seq of every conversation this append read or wrote: the
+    /// only values [`held::HeldSeqs`] may learn. The seq of a duplicate is
+    /// not among them: a replayed message at seq 3 says nothing about
+    /// whether 4 is taken, and holding 3 would plan 4 again on every retry.
+    fn known(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.0.iter().map(|(c, s)| (c.as_str(), *s))
     }
 
     fn take(&mut self, conversation: &str, seq: u64) {
@@ -861,145 +1106,16 @@ impl Store for MongoStore {
     }
 
     async fn append_messages(&self, messages: &[ChatMessage]) -> Result<Vec<Appended>, StoreError> {
-        let keys: Vec<String> = messages
-            .iter()
-            .map(|m| client_key(&m.from, &m.client_msg_id))
-            .collect();
-        let found = self.by_ids("message_keys", keys.clone()).await?;
-        let mut seqs = SeqCounter::default();
-        // Index in `out` of each key seen in this batch (a resend can
-        // follow its original in one batch).
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        let mut new_keys = Vec::new();
-        let mut rewritten_keys = Vec::new();
-        let mut to_write = Vec::new();
-        let mut out: Vec<Appended> = Vec::with_capacity(messages.len());
-        for ((m, key), found) in messages.iter().zip(&keys).zip(found) {
-            if let Some(&i) = seen.get(key.as_str()) {
-                let message = out[i].message.clone();
-                out.push(Appended {
-                    message,
-                    fresh: false,
-                });
-                continue;
-            }
-            seen.insert(key, out.len());
-            // A key whose seq holds this very message: a duplicate. A key
-            // whose seq is free (and not taken in this batch): reserved by
-            // an append that stopped before the message, written there now.
-            // Any other key is stale (its seq went to another message, which
-            // only a second writer of the conversation can cause): the
-            // message gets a new seq and the key is rewritten.
-            let mut stale_key = false;
-            if let Some(k) = found {
-                let conversation = get_str(&k, "conversation_id")?;
-                let seq = get_u64(&k, "seq");
-                let stored = self
-                    .by_id("messages", &message_key(&conversation, seq))
-                    .await?;
-                match stored {
-                    Some(d)
-                        if d.get_str("from") == Ok(m.from.as_str())
-                            && d.get_str("client_msg_id") == Ok(m.client_msg_id.as_str()) =>
-                    {
-                        out.push(Appended {
-                            message: message_from(&d)?,
-                            fresh: false,
-                        });
-                        continue;
-                    }
-                    None if seq > seqs.last(self, &conversation).await? => {
-                        seqs.take(&conversation, seq);
-                        let mut message = m.clone();
-                        message.conversation_id = conversation;
-                        message.seq = seq;
-                        to_write.push(message_doc(&message));
-                        out.push(Appended {
-                            message,
-                            fresh: true,
-                        });
-                        continue;
-                    }
-                    _ => stale_key = true,
-                }
-            }
-            let seq = seqs.last(self, &m.conversation_id).await? + 1;
-            seqs.take(&m.conversation_id, seq);
-            let mut message = m.clone();
-            message.seq = seq;
-            let key_doc = doc! {
-                "_id": key,
-                "conversation_id": &message.conversation_id,
-                "seq": seq_bson(seq),
-            };
-            if stale_key {
-                rewritten_keys.push(key_doc);
-            } else {
-                new_keys.push(key_doc);
-            }
-            to_write.push(message_doc(&message));
-            out.push(Appended {
-                message,
-                fresh: true,
-            });
+        let appended = match self.append_new(messages).await {
+            Ok(Some(out)) => Ok(out),
+            Ok(None) => self.append_checked(messages).await,
+            Err(e) => Err(e),
+        };
+        if appended.is_err() {
+            self.held
+                .forget(messages.iter().map(|m| m.conversation_id.as_str()));
         }
-        for key_doc in rewritten_keys {
-            let id = key_doc.get_str("_id").unwrap_or_default().to_owned();
-            self.coll("message_keys")
-                .replace_one(doc! {"_id": id}, key_doc)
-                .await
-                .map_err(unavailable)?;
-        }
-        // Keys, then messages, then `last_seq`: see the module docs.
-        if !new_keys.is_empty() {
-            self.coll("message_keys")
-                .insert_many(new_keys)
-                .ordered(true)
-                .await
-                .map_err(concurrent)?;
-        }
-        // The fresh messages are the ones being written.
-        let id_keys: Vec<Document> = out
-            .iter()
-            .filter(|a| a.fresh)
-            .map(|a| {
-                doc! {
-                    "_id": id_key(&a.message.id),
-                    "conversation_id": &a.message.conversation_id,
-                    "seq": seq_bson(a.message.seq),
-                }
-            })
-            .collect();
-        if !to_write.is_empty() {
-            self.coll("messages")
-                .insert_many(to_write)
-                .ordered(true)
-                .await
-                .map_err(concurrent)?;
-            // After the messages: a key never points at a message that is
-            // not there, and a key an interrupted attempt wrote is kept.
-            match self
-                .coll("message_keys")
-                .insert_many(id_keys)
-                .ordered(false)
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if only_duplicates(&e) => {}
-                Err(e) => return Err(unavailable(e)),
-            }
-        }
-        let mut highest: HashMap<&str, u64> = HashMap::new();
-        for a in &out {
-            let h = highest
-                .entry(a.message.conversation_id.as_str())
-                .or_insert(0);
-            *h = (*h).max(a.message.seq);
-        }
-        for (conversation, seq) in highest {
-            self.raise_last_seq(conversation, seq).await?;
-        }
-        Ok(out)
+        appended
     }
 
     async fn message_by_client_id(
@@ -1014,8 +1130,15 @@ impl Store for MongoStore {
             return Ok(None);
         };
         let key = message_key(&get_str(&k, "conversation_id")?, get_u64(&k, "seq"));
+        // A key is a reservation until its message is written, and one
+        // planned from a stale seq (see `held`) points at another sender's
+        // message until the checked append rewrites it: only the message
+        // the key names counts.
         self.by_id("messages", &key)
             .await?
+            .filter(|d| {
+                d.get_str("from") == Ok(sender) && d.get_str("client_msg_id") == Ok(client_msg_id)
+            })
             .as_ref()
             .map(message_from)
             .transpose()
