@@ -17,7 +17,13 @@
 //!   member is noticed after [`SESSION_TIMEOUT_MS`] (1.5 s; the broker must
 //!   allow it, see there).
 //! - Topics are `<prefix><name>` (the prefix isolates test runs) and are
-//!   created at start-up with the configured partition count.
+//!   created at start-up with the configured partition count and
+//!   replication factor, and `min.insync.replicas` set to a majority of the
+//!   replicas ([`min_insync_replicas`]): `acks=all` waits only for the
+//!   replicas in sync at the time, so without it an ack after the other
+//!   replicas fell out of sync rests on one broker (Kafka's documentation,
+//!   "min.insync.replicas"). A topic that exists already keeps its own
+//!   settings.
 
 use super::{BusError, EventBus, Record, Subscription, Topic};
 use async_trait::async_trait;
@@ -229,6 +235,7 @@ impl KafkaBus {
             .map_err(unavailable)?;
         let names: Vec<String> = Topic::ALL.iter().map(|t| self.topic_name(*t)).collect();
         let partitions = i32::try_from(partitions.max(1)).unwrap_or(i32::MAX);
+        let min_insync = min_insync_replicas(replication).to_string();
         let topics: Vec<NewTopic<'_>> = names
             .iter()
             .map(|n| {
@@ -237,6 +244,7 @@ impl KafkaBus {
                     partitions,
                     TopicReplication::Fixed(i32::from(replication)),
                 )
+                .set("min.insync.replicas", &min_insync)
             })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -347,6 +355,15 @@ impl EventBus for KafkaBus {
         }
         *view.lock().ok()?
     }
+}
+
+/// `min.insync.replicas` for topics of `replication` replicas: a majority
+/// (1 of 1, 2 of 2, 2 of 3, 3 of 5), so an acked record is on most
+/// replicas and a minority's loss cannot lose it; while fewer are in sync,
+/// Kafka refuses the produce (`NOT_ENOUGH_REPLICAS`) and the send is
+/// answered `unavailable` rather than acked on too few.
+pub fn min_insync_replicas(replication: u16) -> u16 {
+    replication.max(1) / 2 + 1
 }
 
 /// Sum over `topic`'s partitions of high watermark − the group's committed
@@ -480,5 +497,16 @@ impl Subscription for KafkaSubscription {
         self.consumer
             .commit(&list, CommitMode::Async)
             .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::min_insync_replicas;
+
+    #[test]
+    fn an_ack_needs_a_majority_of_the_replicas() {
+        let got: Vec<u16> = [0, 1, 2, 3, 4, 5].map(min_insync_replicas).to_vec();
+        assert_eq!(got, [1, 1, 2, 2, 3, 3]);
     }
 }
