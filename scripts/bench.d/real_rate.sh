@@ -16,6 +16,10 @@
 # default: the one running. Every run gets a fresh server on a free
 # loopback port with its own data dir, topic prefix, Redis prefix and
 # database, so no run inherits another's backlog.
+# TARGET=cluster runs a scripts/cluster (two edges behind nginx, two
+# chat-svc, auth-svc, presence-svc, one process each) per run instead and
+# loads it through nginx; the server CPU and RSS parley-load reports are
+# then summed over the cluster's processes (nginx included).
 # Bounded: fixed rates and durations, a deadline per run; stops only the
 # servers it started (the engines stay up: scripts/infra down stops them).
 set -euo pipefail
@@ -62,8 +66,46 @@ commands() { # "command count" per line, from FerretDB's request counters
     sed -n 's/^ferretdb_client_requests_total{command="\([a-zA-Z]*\)".*} \([0-9]*\)$/\1 \2/p' || true
 }
 
+TARGET=${TARGET:-all-in-one}
+case $TARGET in all-in-one | cluster) ;; *)
+  echo "TARGET must be all-in-one or cluster, not $TARGET" >&2
+  exit 2
+  ;;
+esac
+if [ "$TARGET" = cluster ] && scripts/cluster status >/dev/null 2>&1; then
+  echo "a cluster is already running (scripts/cluster down first)" >&2
+  exit 1
+fi
+
+# Every process of the running cluster (nginx included), comma-separated.
+cluster_pids() {
+  local f pids=""
+  for f in .infra/cluster/run/*.pid; do
+    [ -f "$f" ] && pids="$pids,$(tr -dc '0-9' <"$f")"
+  done
+  echo "${pids#,}"
+}
+
+start_cluster() {
+  local bin=$1 run=$2
+  trap 'scripts/cluster down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+  PARLEY_CLUSTER_BIN=$bin PARLEY_WS_FRAMES_PER_SEC=1000000 \
+    PARLEY_USER_SEND_LIMIT=100000000 PARLEY_MAX_SESSIONS_PER_USER=1000000 RUST_LOG=warn \
+    PARLEY_TOPIC_PREFIX="$run." PARLEY_REDIS_PREFIX="$run" PARLEY_MONGODB_DATABASE="$run" \
+    scripts/cluster up >"$work/$run.out" 2>&1 || {
+    echo "the cluster did not start:" >&2
+    tail -30 "$work/$run.out" >&2
+    exit 1
+  }
+  url=http://127.0.0.1:${PARLEY_CLUSTER_PORT:-8080}
+}
+
 start_server() {
   local bin=$1 run=$2
+  if [ "$TARGET" = cluster ]; then
+    start_cluster "$bin" "$run"
+    return 0
+  fi
   PORT=0 PARLEY_DATA_DIR="$work/$run" PARLEY_WS_FRAMES_PER_SEC=1000000 \
     PARLEY_USER_SEND_LIMIT=100000000 PARLEY_MAX_SESSIONS_PER_USER=1000000 RUST_LOG=warn \
     PARLEY_TOPIC_PREFIX="$run." PARLEY_REDIS_PREFIX="$run" PARLEY_MONGODB_DATABASE="$run" \
@@ -79,7 +121,7 @@ start_server() {
   exit 1
 }
 
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; all-in-one on Kafka + Redis + FerretDB"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $TARGET on Kafka + Redis + FerretDB"
 echo "engines: ferretdb pid ${ferretdb:-?} (on $(scripts/infra backend)), kafka pid ${kafka:-?}, redis pid ${redis:-?}"
 variants=""
 for bin in $BINS; do
@@ -106,8 +148,10 @@ for rate in $RATES; do
     "$load" --url "$url" flood --pairs 10 --rate 50 --secs 3 >/dev/null
     commands >"$work/commands.before"
     f0=$(ticks "$ferretdb") k0=$(ticks "$kafka") r0=$(ticks "$redis") p0=$(ticks "$postgres")
-    echo "== $bin, FerretDB on $backend, at $rate msg/s"
-    "$load" --url "$url" --server-pid "$pid" --results "$work/results.jsonl" \
+    echo "== $bin ($TARGET), FerretDB on $backend, at $rate msg/s"
+    server_pids=$pid
+    [ "$TARGET" = cluster ] && server_pids=$(cluster_pids)
+    "$load" --url "$url" --server-pid "$server_pids" --results "$work/results.jsonl" \
       flood --pairs "$FLOOD_PAIRS" --rate "$rate" --secs "$SECS"
     f1=$(ticks "$ferretdb") k1=$(ticks "$kafka") r1=$(ticks "$redis") p1=$(ticks "$postgres")
     commands >"$work/commands.after"
@@ -138,6 +182,10 @@ for name, t in zip(names, ticks):
     parts.append(f"{name} {ms / 1000:.1f} s CPU, {per:.2f} ms/accepted msg")
 print("engines: " + "; ".join(parts))
 EOF
-    stop_server
+    if [ "$TARGET" = cluster ]; then
+      scripts/cluster down >/dev/null
+    else
+      stop_server
+    fi
   done
 done

@@ -29,7 +29,7 @@ pub async fn chat(ctx: &Ctx, pairs: usize, messages: usize, window: usize) -> an
         sockets.push((tx, rx, receiver.id.clone(), sender.id.clone()));
     }
     let start = Instant::now();
-    let probe = Probe::start(ctx.server_pid)?;
+    let probe = Probe::start(&ctx.server_pid)?;
     let mut tasks = Vec::new();
     for (tx_ws, rx_ws, to, from) in sockets {
         let (histogram, target, bytes) = (histogram.clone(), target.clone(), ctx.body_bytes);

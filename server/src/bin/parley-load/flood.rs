@@ -157,7 +157,7 @@ pub async fn flood(ctx: &Ctx, pairs: usize, rate: u64, secs: u64) -> anyhow::Res
             anyhow::Ok((tally, delivered))
         }));
     }
-    let probe = Probe::start(ctx.server_pid)?;
+    let probe = Probe::start(&ctx.server_pid)?;
     go_tx.send(Some(Instant::now()))?;
     let (mut offered, mut accepted, mut lost, mut delivered_total) = (0u64, 0u64, 0u64, 0u64);
     let mut refused: HashMap<String, u64> = HashMap::new();

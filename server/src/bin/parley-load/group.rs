@@ -67,7 +67,7 @@ pub async fn group(
     let (mut sender, node) = target.connect(creator).await?;
     nodes.insert(node);
     let group = target.create_group(&mut sender, others, &name).await?;
-    let probe = Probe::start(ctx.server_pid)?;
+    let probe = Probe::start(&ctx.server_pid)?;
     let began = start.elapsed().as_micros() as u64;
     let (pace, window) = match rate {
         Some(r) => (

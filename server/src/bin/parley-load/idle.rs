@@ -17,7 +17,9 @@ const OPENING: usize = 64;
 
 pub async fn idle(ctx: &Ctx, connections: usize, hold_for: Duration) -> anyhow::Result<()> {
     let target = &ctx.target;
-    let pid = ctx.server_pid.context("idle needs --server-pid")?;
+    let [pid] = ctx.server_pid[..] else {
+        anyhow::bail!("idle needs one --server-pid");
+    };
     let users = target.users(&crate::prefix(), USERS).await?;
     // Every connection is read (and answers pings) as soon as it is open,
     // as an idle client does; the tasks end when the run does.
@@ -44,7 +46,7 @@ pub async fn idle(ctx: &Ctx, connections: usize, hold_for: Duration) -> anyhow::
     let after = rss_kib(pid)?;
     // Let the opening's work (handshakes, buffers) settle first.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let probe = Probe::start(Some(pid))?;
+    let probe = Probe::start(&[pid])?;
     tokio::time::sleep(hold_for).await;
     let usage = probe.finish()?.context("no usage")?;
     let closed = held.iter().filter(|h| h.is_finished()).count();

@@ -11,10 +11,14 @@
 //!   with a window in flight or at a fixed rate; reports deliveries/s and,
 //!   per message, the time from send to its last member (p50/p99/max),
 //!   optionally (Parley) with every member marking each message read.
+//! - `accounts`: registrations, then logins, from many clients at once;
+//!   requests/s, answers by status, latency, and the server's RSS (the
+//!   password-hash bound under a flood).
 //! - `idle`: opens N authenticated connections that stay idle and reports
 //!   the server's resident memory per connection and its idle CPU.
 //!
-//! Given `--server-pid`, the chat, flood and group modes also report the
+//! Given `--server-pid` (one, or a cluster's processes comma-separated),
+//! the chat, flood, group and accounts modes also report the
 //! server's CPU time per delivered message and its peak RSS over the
 //! measured phase; `--results FILE` appends each run's figures there as one
 //! JSON line, for scripts.
@@ -22,6 +26,7 @@
 //! Traffic goes only to the URL given (loopback in every script here); every
 //! run is bounded by its counts and a deadline.
 
+mod accounts;
 mod centrifugo;
 mod chat;
 mod engines;
@@ -67,9 +72,10 @@ struct Args {
     /// Bytes in each message body (at least the digits it carries).
     #[arg(long, default_value_t = 100, global = true)]
     body_bytes: usize,
-    /// The server process, for its CPU time and RSS.
-    #[arg(long, global = true)]
-    server_pid: Option<u32>,
+    /// The server process (or processes, comma-separated: a cluster's),
+    /// for their CPU time and RSS, summed.
+    #[arg(long, global = true, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Append each run's figures to this file as one JSON line.
     #[arg(long, global = true)]
     results: Option<PathBuf>,
@@ -137,6 +143,14 @@ enum Mode {
         #[arg(long, default_value_t = 100)]
         batch: usize,
     },
+    /// A flood of registrations for SECS seconds, then of logins into the
+    /// accounts it made, CONCURRENCY requests in flight (Parley).
+    Accounts {
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
     /// Memory per idle authenticated connection, and idle CPU.
     Idle {
         #[arg(long, default_value_t = 10_000)]
@@ -153,7 +167,7 @@ enum Mode {
 pub struct Ctx {
     pub target: Target,
     pub body_bytes: usize,
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
     results: Option<PathBuf>,
 }
 
@@ -212,6 +226,9 @@ async fn main() -> anyhow::Result<()> {
                 rate,
                 read_receipts,
             } => group::group(&ctx, members, messages, window, rate, read_receipts).await,
+            Mode::Accounts { concurrency, secs } => {
+                accounts::accounts(&ctx, concurrency, secs).await
+            }
             Mode::Produce { count } => engines::produce(count).await,
             Mode::Insert { count, batch } => engines::insert(count, batch).await,
         }

@@ -1,7 +1,8 @@
-//! The server process's cost over a run, from /proc: CPU time (user +
-//! system) and peak resident memory. Started when the measured phase starts
-//! (after sign-up and connecting, which are not what is compared), finished
-//! when it ends.
+//! The server processes' cost over a run, from /proc: CPU time (user +
+//! system) and peak resident memory, summed over the processes given (one
+//! all-in-one, or every process of a cluster). Started when the measured
+//! phase starts (after sign-up and connecting, which are not what is
+//! compared), finished when it ends.
 
 use anyhow::Context;
 use std::sync::Arc;
@@ -26,62 +27,63 @@ pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
 
 /// A measurement of the server under way.
 pub struct Probe {
-    pid: Option<u32>,
-    ticks_at_start: u64,
+    /// Each process with its CPU ticks at the start and its peak RSS.
+    processes: Vec<(u32, u64, Arc<AtomicU64>)>,
     started: Instant,
-    peak_rss_kib: Arc<AtomicU64>,
-    sampler: Option<tokio::task::JoinHandle<()>>,
+    samplers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// What the server used over the measured phase.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Usage {
-    /// CPU time, user + system, in seconds.
+    /// CPU time, user + system, in seconds, summed over the processes.
     pub cpu_secs: f64,
     /// Wall time of the phase, in seconds.
     pub wall_secs: f64,
-    /// Peak resident memory sampled every 100 ms, in KiB.
+    /// Peak resident memory sampled every 100 ms, in KiB: the sum of each
+    /// process's own peak (an upper bound of their peak together).
     pub peak_rss_kib: u64,
 }
 
 impl Probe {
-    /// Starts measuring process `pid` (nothing when `None`).
-    pub fn start(pid: Option<u32>) -> anyhow::Result<Probe> {
-        let peak_rss_kib = Arc::new(AtomicU64::new(0));
-        let (ticks_at_start, sampler) = match pid {
-            Some(pid) => (
-                cpu_ticks(pid)?,
-                Some(tokio::spawn(parley_server::client::sample_peak_rss(
-                    Arc::new(AtomicU64::new(u64::from(pid))),
-                    peak_rss_kib.clone(),
-                ))),
-            ),
-            None => (0, None),
-        };
+    /// Starts measuring processes `pids` (nothing when empty).
+    pub fn start(pids: &[u32]) -> anyhow::Result<Probe> {
+        let mut processes = Vec::with_capacity(pids.len());
+        let mut samplers = Vec::with_capacity(pids.len());
+        for &pid in pids {
+            let peak = Arc::new(AtomicU64::new(0));
+            processes.push((pid, cpu_ticks(pid)?, peak.clone()));
+            samplers.push(tokio::spawn(parley_server::client::sample_peak_rss(
+                Arc::new(AtomicU64::new(u64::from(pid))),
+                peak,
+            )));
+        }
         Ok(Probe {
-            pid,
-            ticks_at_start,
+            processes,
             started: Instant::now(),
-            peak_rss_kib,
-            sampler,
+            samplers,
         })
     }
 
     /// Ends the measurement; `None` when no process was given.
     pub fn finish(self) -> anyhow::Result<Option<Usage>> {
-        if let Some(s) = &self.sampler {
+        for s in &self.samplers {
             s.abort();
         }
-        let Some(pid) = self.pid else {
+        if self.processes.is_empty() {
             return Ok(None);
-        };
-        let ticks = cpu_ticks(pid)?.saturating_sub(self.ticks_at_start);
-        let rss_now = parley_server::client::rss_kib(pid).unwrap_or(0);
-        Ok(Some(Usage {
-            cpu_secs: ticks as f64 / TICKS_PER_SEC,
+        }
+        let mut usage = Usage {
             wall_secs: self.started.elapsed().as_secs_f64(),
-            peak_rss_kib: self.peak_rss_kib.load(Ordering::Relaxed).max(rss_now),
-        }))
+            ..Usage::default()
+        };
+        for (pid, ticks_at_start, peak) in &self.processes {
+            let ticks = cpu_ticks(*pid)?.saturating_sub(*ticks_at_start);
+            usage.cpu_secs += ticks as f64 / TICKS_PER_SEC;
+            let rss_now = parley_server::client::rss_kib(*pid).unwrap_or(0);
+            usage.peak_rss_kib += peak.load(Ordering::Relaxed).max(rss_now);
+        }
+        Ok(Some(usage))
     }
 }
 

@@ -76,6 +76,14 @@ impl Target {
         }
     }
 
+    /// Parley's URL; an error for Centrifugo (it has no accounts).
+    pub fn parley_url(&self) -> anyhow::Result<&str> {
+        match self {
+            Target::Parley { url } => Ok(url),
+            Target::Centrifugo { .. } => anyhow::bail!("this mode needs --target parley"),
+        }
+    }
+
     /// `count` users named `<prefix>0…`: registered on Parley (its real
     /// sign-up, password hash included), tokens minted for Centrifugo (it
     /// has no accounts; the application would mint them).
