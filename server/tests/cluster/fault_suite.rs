@@ -152,4 +152,24 @@ fn fault_suite_short_version_meets_the_goals() {
         }
     }
     assert!(out.status.success(), "{stdout}\n{stderr}");
+
+    // An operator's `down` names no binary: it must still know the
+    // processes `up` started from PARLEY_CLUSTER_BIN as the cluster's and
+    // stop them all (it once left them running, holding the edges' ports).
+    let down = Command::new(script("cluster"))
+        .arg("down")
+        .env_remove("PARLEY_CLUSTER_BIN")
+        .output()
+        .unwrap();
+    assert!(
+        down.status.success(),
+        "scripts/cluster down failed\n{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    for port in [3001, 3002, 8080] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "127.0.0.1:{port} still answers after scripts/cluster down"
+        );
+    }
 }
