@@ -204,6 +204,9 @@ impl Pending {
         } else {
             // Kept and tried again: a commit lost here would leave the
             // start-up gate waiting for `uncommitted` to reach 0 forever.
+            // (Only the embedded bus reports `uncommitted`, and its commit
+            // errors are seen here; Kafka's asynchronous commit is `Ok`
+            // once queued, see `Subscription::commit`.)
             self.since = Some(tokio::time::Instant::now());
         }
     }

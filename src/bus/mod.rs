@@ -130,7 +130,12 @@ pub trait Subscription: Send {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<Record>, BusError>;
 
     /// Marks `records` (and everything before them in their partitions)
-    /// processed.
+    /// processed. On the embedded bus the commit is written when this
+    /// returns `Ok`. On Kafka it is sent asynchronously (`CommitMode::Async`,
+    /// so the runtime never blocks on the broker): `Ok` means queued, and a
+    /// commit the broker then refuses is only logged by librdkafka. Such a
+    /// lost commit costs a replay of those records after a rebalance or
+    /// restart, which the store dedupes, and the next commit covers it.
     async fn commit(&mut self, records: &[Record]) -> Result<(), BusError>;
 }
 
