@@ -319,7 +319,7 @@ impl EventBus for KafkaBus {
         consumer.subscribe(&[&name]).map_err(unavailable)?;
         Ok(Box::new(KafkaSubscription {
             bus: self.clone(),
-            consumer,
+            consumer: Some(consumer),
             buffer: Vec::new(),
         }))
     }
@@ -425,9 +425,49 @@ fn log_transient(e: &KafkaError) {
 
 struct KafkaSubscription {
     bus: KafkaBus,
-    consumer: StreamConsumer,
+    /// Always `Some` until dropped: [`Drop`] takes it to close it off the
+    /// runtime's threads.
+    consumer: Option<StreamConsumer>,
     /// Records received but not yet handed out.
     buffer: Vec<Record>,
+}
+
+/// The subscription's consumer; an error only once it is being dropped.
+fn open(consumer: &Option<StreamConsumer>) -> Result<&StreamConsumer, BusError> {
+    consumer
+        .as_ref()
+        .ok_or_else(|| BusError::Unavailable("the subscription is closed".into()))
+}
+
+impl Drop for KafkaSubscription {
+    /// On a `current_thread` runtime, closes the consumer on a thread of
+    /// its own. librdkafka's close blocks: it leaves the group and runs the
+    /// final rebalance on the calling thread, and on a single-threaded
+    /// runtime's only thread (tests, when the runtime cancels the
+    /// subscribing task at its end) that wait was seen never to end: the
+    /// whole-system suite hung in `BaseConsumer::drop` → `rd_kafka_assign`.
+    /// On a multi-threaded runtime (every binary) it closes here as before,
+    /// so a stopping process leaves its group before it exits.
+    fn drop(&mut self) {
+        let single_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if !single_threaded {
+            return;
+        }
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        // The closure is lost with the error if no thread starts, so the
+        // consumer waits in a slot either side can take it from.
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(consumer)));
+        let handed = slot.clone();
+        let spawned = std::thread::Builder::new()
+            .name("kafka-close".into())
+            .spawn(move || drop(handed.lock().map(|mut c| c.take())));
+        if spawned.is_err() {
+            drop(slot.lock().map(|mut c| c.take()));
+        }
+    }
 }
 
 impl KafkaSubscription {
@@ -451,7 +491,7 @@ impl Subscription for KafkaSubscription {
         // Every received record goes to `self.buffer` before the next await,
         // so a caller that drops this future (select!) loses nothing.
         while self.buffer.is_empty() {
-            match self.consumer.recv().await {
+            match open(&self.consumer)?.recv().await {
                 Ok(m) => {
                     let record = self.record(&m);
                     self.buffer.extend(record);
@@ -462,7 +502,8 @@ impl Subscription for KafkaSubscription {
         }
         // Take what is already fetched, without waiting for more.
         while self.buffer.len() < max.max(1) {
-            match tokio::time::timeout(Duration::from_millis(1), self.consumer.recv()).await {
+            match tokio::time::timeout(Duration::from_millis(1), open(&self.consumer)?.recv()).await
+            {
                 Ok(Ok(m)) => {
                     let record = self.record(&m);
                     self.buffer.extend(record);
@@ -494,7 +535,7 @@ impl Subscription for KafkaSubscription {
             .map_err(unavailable)?;
         }
         // Async: never blocks the runtime; a lost commit only replays.
-        self.consumer
+        open(&self.consumer)?
             .commit(&list, CommitMode::Async)
             .map_err(unavailable)
     }
