@@ -457,16 +457,11 @@ impl Drop for KafkaSubscription {
         let Some(consumer) = self.consumer.take() else {
             return;
         };
-        // The closure is lost with the error if no thread starts, so the
-        // consumer waits in a slot either side can take it from.
-        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(consumer)));
-        let handed = slot.clone();
-        let spawned = std::thread::Builder::new()
+        // If no thread starts, `spawn` drops the closure, and with it the
+        // consumer, here: closed in place, as before.
+        let _ = std::thread::Builder::new()
             .name("kafka-close".into())
-            .spawn(move || drop(handed.lock().map(|mut c| c.take())));
-        if spawned.is_err() {
-            drop(slot.lock().map(|mut c| c.take()));
-        }
+            .spawn(move || drop(consumer));
     }
 }
 
