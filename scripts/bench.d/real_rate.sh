@@ -86,20 +86,6 @@ cluster_pids() {
   echo "${pids#,}"
 }
 
-start_cluster() {
-  local bin=$1 run=$2
-  trap 'scripts/cluster down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-  PARLEY_CLUSTER_BIN=$bin PARLEY_WS_FRAMES_PER_SEC=1000000 \
-    PARLEY_USER_SEND_LIMIT=100000000 PARLEY_MAX_SESSIONS_PER_USER=1000000 RUST_LOG=warn \
-    PARLEY_TOPIC_PREFIX="$run." PARLEY_REDIS_PREFIX="$run" PARLEY_MONGODB_DATABASE="$run" \
-    scripts/cluster up >"$work/$run.out" 2>&1 || {
-    echo "the cluster did not start:" >&2
-    tail -30 "$work/$run.out" >&2
-    exit 1
-  }
-  url=http://127.0.0.1:${PARLEY_CLUSTER_PORT:-8080}
-}
-
 start_server() {
   local bin=$1 run=$2
   if [ "$TARGET" = cluster ]; then
@@ -111,14 +97,7 @@ start_server() {
     PARLEY_TOPIC_PREFIX="$run." PARLEY_REDIS_PREFIX="$run" PARLEY_MONGODB_DATABASE="$run" \
     "$bin" >"$work/$run.out" 2>"$work/$run.log" &
   pid=$!
-  for _ in $(seq 1 600); do
-    url=$(sed -n 's/^Parley listening on //p' "$work/$run.out")
-    [ -n "$url" ] && return 0
-    sleep 0.1
-  done
-  echo "parley did not start; log:" >&2
-  cat "$work/$run.log" >&2
-  exit 1
+  wait_listening "$work/$run.out" "$work/$run.log"
 }
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $TARGET on Kafka + Redis + FerretDB"
