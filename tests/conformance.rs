@@ -276,9 +276,10 @@ mod mongo_store_checks {
         (store, raw)
     }
 
-    /// Appends write a message's key, then the message, then `last_seq`,
-    /// with no transaction: each state a crash can leave between two of
-    /// those writes is completed by the next append (the replay).
+    /// Appends write a message's key, then the message, then (after the
+    /// append answers) `last_seq`, with no transaction: each state a crash
+    /// can leave between two of those writes is completed by the next
+    /// append (the replay).
     #[tokio::test]
     async fn interrupted_appends_are_completed() {
         use mongodb::bson::doc;
@@ -293,6 +294,9 @@ mod mongo_store_checks {
         store.ensure_direct(&c, &a, &b, 1).await.unwrap();
         let m = |n: &str| store::message(&c, &a, n);
         store.append_messages(&[m("1"), m("2")]).await.unwrap();
+        // The raise is written after the append answers; waited for, so
+        // the crash state below is not overwritten by it.
+        store.sync().await.unwrap();
 
         // Stopped after the messages, before `last_seq` was raised.
         let lowered = seqs
@@ -312,6 +316,7 @@ mod mongo_store_checks {
             .append_messages(std::slice::from_ref(&four))
             .await
             .unwrap();
+        store.sync().await.unwrap();
         messages.delete_one(doc! {"id": &four.id}).await.unwrap();
         let lowered = seqs
             .update_one(doc! {"_id": &c}, doc! {"$set": {"last_seq": 3_i64}})
@@ -426,6 +431,62 @@ mod mongo_store_checks {
             matches!(&next, Ok(n) if n[0].message.seq == 4 && n[0].fresh),
             "the next message must get seq 4 at once, got {next:?}"
         );
+    }
+
+    /// The id keys and `last_seq` an append leaves to be written after it
+    /// answers, lost (a crash before they were written, or given up): every
+    /// read still finds every message, and the next append the next seq.
+    #[tokio::test]
+    async fn messages_are_found_without_their_indexes() {
+        use mongodb::bson::doc;
+        let Some(url) = real("MONGODB_URL") else {
+            return;
+        };
+        let (store, raw) = open_with_raw(&url).await;
+        let (a, b, c) = (unique("a"), unique("b"), unique("c"));
+        store.ensure_direct(&c, &a, &b, 1).await.unwrap();
+        let m = |n: &str| store::message(&c, &a, n);
+        let mut sent = Vec::new();
+        for batch in [["1", "2", "3"], ["4", "5", "6"], ["7", "8", "9"]] {
+            let batch: Vec<_> = batch.iter().map(|n| m(n)).collect();
+            store.append_messages(&batch).await.unwrap();
+            sent.extend(batch);
+        }
+        store.sync().await.unwrap();
+        let seqs = raw.collection::<mongodb::bson::Document>("seqs");
+        let keys = raw.collection::<mongodb::bson::Document>("message_keys");
+        let dropped = seqs.delete_one(doc! {"_id": &c}).await.unwrap();
+        assert_eq!(dropped.deleted_count, 1, "no crash state was set up");
+        let dropped = keys
+            .delete_many(doc! {"_id": {"$regex": "^id:"}})
+            .await
+            .unwrap();
+        assert_eq!(dropped.deleted_count, 9, "no crash state was set up");
+
+        // Another process, which holds nothing in memory.
+        let reader = open(&url, raw.name()).await;
+        let conversation = reader.conversation(&c).await.unwrap().unwrap();
+        assert_eq!(conversation.last_seq, 9);
+        let after: Vec<u64> = reader
+            .messages_after(&c, 3, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| h.seq)
+            .collect();
+        assert_eq!(after, [4, 5, 6, 7, 8, 9]);
+        let before: Vec<u64> = reader
+            .messages_before(&c, 0, 2)
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| h.seq)
+            .collect();
+        assert_eq!(before, [8, 9]);
+        let found = reader.message_by_id(&c, &sent[6].id).await.unwrap();
+        assert_eq!(found.map(|f| f.seq), Some(7));
+        let next = reader.append_messages(&[m("10")]).await.unwrap();
+        assert_eq!((next[0].message.seq, next[0].fresh), (10, true));
     }
 
     /// A resend in the middle of a batch of new messages: the guess that

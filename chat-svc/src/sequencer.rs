@@ -48,8 +48,9 @@ const BATCH: usize = 512;
 
 /// Consumes until `shutdown`. Store failures are retried with backoff
 /// without committing, so nothing is skipped. Offsets are committed after
-/// [`Store::sync`] made what the batches wrote durable: after every batch
-/// when the store's writes are durable on return, else at most every
+/// what the batches wrote is durable: after every batch when the store's
+/// writes are durable on return (without waiting for [`Store::sync`],
+/// which is then called once on the way out), else after `sync`, at most every
 /// [`DURABLE_EVERY`] (or [`DURABLE_AFTER`] records) while records come,
 /// and within it of the last batch when they stop. `caught_up` is told
 /// once the store holds everything the log held when the sequencer joined
@@ -107,8 +108,12 @@ pub async fn run(chat: Chat, caught_up: oneshot::Sender<()>, shutdown: Cancellat
         }
     }
     // What was processed is made durable and committed on the way out, so
-    // an ordinary restart replays nothing.
+    // an ordinary restart replays nothing, and what the store left to
+    // write after its appends is written.
     pending.commit(store, subscription.as_mut()).await;
+    if let Err(e) = store.sync().await {
+        tracing::warn!(error = %e, "cannot make the store durable on the way out");
+    }
     let _ = flusher.await;
 }
 
@@ -184,14 +189,20 @@ impl Pending {
         self.since.map_or(now, |since| since + DURABLE_EVERY)
     }
 
-    /// Makes the store durable, then commits; if the store cannot sync,
+    /// Makes the store durable (when its writes are not on return), then
+    /// commits; if the store cannot sync,
     /// nothing is committed (the records are replayed after a crash) and
     /// the next call tries again.
     async fn commit(&mut self, store: &dyn Store, subscription: &mut dyn Subscription) {
         if self.last.is_empty() {
             return;
         }
-        if let Err(e) = store.sync().await {
+        // A store durable on return has only indexes left to write (the
+        // Mongo store's, see `Store::sync`): not worth holding the commit,
+        // and with it send admission's backlog, for them.
+        if !self.immediate
+            && let Err(e) = store.sync().await
+        {
             tracing::warn!(error = %e, "cannot make the store durable; offsets not committed");
             self.since = Some(tokio::time::Instant::now());
             return;

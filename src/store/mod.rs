@@ -343,9 +343,12 @@ pub trait Store: Send + Sync + 'static {
     /// store a view of it: one durability point per message, issue 12).
     /// The embedded store commits those writes without fsync and fsyncs
     /// here; a store whose writes are as durable as they will get when they
-    /// return has nothing to do: the Mongo store, whose acknowledged writes
-    /// are as durable as the server's default write concern makes them
-    /// (Parley sets none; see `docs/architecture.md#durability`).
+    /// return has nothing to do beyond what it left to write after them:
+    /// the Mongo store, whose writes are acknowledged at write concern
+    /// `majority` with `j: true` unless the URL names another (see
+    /// `docs/architecture.md#durability`), waits here for the id keys and
+    /// `last_seq` raises it writes after an append answers (an index over
+    /// the messages, rebuilt by probing or scanning if a crash loses it).
     async fn sync(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -19,7 +19,7 @@
 //!   matched by it (compare-and-set), since there are no transactions.
 //! - `conversations`: kind, name and members (written only under the
 //!   group lock); `seqs`: `_id` = conversation → `last_seq` (written only by
-//!   the partition owner; see `raise_last_seqs`); `member_slots` and
+//!   the partition owner, after the append; see [`behind`]); `member_slots` and
 //!   `member_of`: the conversations a user is in (see [`memberships`]: no
 //!   document there has two concurrent writers); `cursors`: `_id` =
 //!   `<conversation>` → `d.<user>` and `r.<user>`, the delivered and read
@@ -29,10 +29,12 @@
 //!
 //! Without transactions, multi-document writes are ordered so that a crash
 //! between two of them leaves a state the next attempt completes: a
-//! message's key is written before the message (a replay finds the seq it
-//! reserved and writes the message there), the message before `last_seq`
-//! is raised (the next append probes past `last_seq`), memberships before
-//! the conversation, and a missing login key falls back to a scan and is
+//! message's client key is written before the message (a replay finds the
+//! seq it reserved and writes the message there), the message before its
+//! id key and `last_seq` (both written after the append answers, by
+//! [`behind`]: every read of a last seq probes past `last_seq`, and a
+//! missing id key falls back to a scan), memberships before the
+//! conversation, and a missing login key falls back to a scan and is
 //! written back.
 
 use super::{
@@ -49,6 +51,7 @@ use mongodb::options::{Acknowledgment, IndexOptions, ReturnDocument, WriteConcer
 use mongodb::{Client, Collection, Database, IndexModel};
 use std::collections::{BTreeSet, HashMap};
 
+mod behind;
 mod held;
 mod memberships;
 
@@ -61,6 +64,8 @@ pub struct MongoStore {
     db: Database,
     /// Last seqs of the conversations this process appended to.
     held: held::HeldSeqs,
+    /// The id keys and `last_seq` raises appends left to be written.
+    behind: behind::Behind,
 }
 
 fn unavailable(e: mongodb::error::Error) -> StoreError {
@@ -329,8 +334,10 @@ impl MongoStore {
             .or_else(|| options.default_database.clone())
             .unwrap_or_else(|| "parley".to_owned());
         let client = Client::with_options(options).map_err(unavailable)?;
+        let db = client.database(&name);
         let store = Self {
-            db: client.database(&name),
+            behind: behind::Behind::start(db.clone()),
+            db,
             held: held::HeldSeqs::default(),
         };
         store.ping().await?;
@@ -473,21 +480,6 @@ impl MongoStore {
             .collect())
     }
 
-    /// The highest seq stored in `conversation`, from its `last_seq` and
-    /// probing past it for messages a crash left `last_seq` behind.
-    async fn stored_last_seq(&self, conversation: &Document) -> Result<u64, StoreError> {
-        let id = get_str(conversation, "_id")?;
-        let mut seq = get_u64(conversation, "last_seq");
-        while self
-            .by_id("messages", &message_key(&id, seq + 1))
-            .await?
-            .is_some()
-        {
-            seq += 1;
-        }
-        Ok(seq)
-    }
-
     /// The messages with `first <= seq <= last`, oldest first.
     async fn messages_between(
         &self,
@@ -509,54 +501,74 @@ impl MongoStore {
             .collect()
     }
 
-    /// Raises each conversation's `last_seq` to the highest seq of `out`
-    /// with `$max`. `last_seq` lives in `seqs`, apart from the group's
-    /// members: FerretDB applies an update by rewriting the whole document,
-    /// so a `$max` on the conversation racing a group change could write
-    /// back the old member list (or the change an old `last_seq`). Each
-    /// document now has one writer: `seqs` the partition owner,
-    /// `conversations` the group lock's holder.
-    ///
-    /// One `update_one` per conversation, a few in flight, and not one
-    /// `update` command of many statements: FerretDB 1.x on SQLite runs
-    /// those one after another, and slower than linearly (measured here:
-    /// 10 upserts took 10.7 ms as one command vs 9.2 ms one by one; 100 in
-    /// one command got no answer for over a minute and then a closed
-    /// connection), which stalled the sequencer under a flood.
-    async fn raise_last_seqs(&self, out: &[Appended]) -> Result<(), StoreError> {
-        // Owned keys: a borrowed one makes the futures below not `Send`
-        // for every lifetime (rustc's higher-ranked closure inference).
-        let mut highest: HashMap<String, u64> = HashMap::new();
-        for a in out {
-            let h = highest
-                .entry(a.message.conversation_id.clone())
-                .or_insert(0);
-            *h = (*h).max(a.message.seq);
-        }
-        // One writer per `seqs` document, so these need no order.
-        stream::iter(highest)
-            .map(|(conversation, seq)| async move {
-                self.upsert_by_id(
-                    "seqs",
-                    &conversation,
-                    doc! {"$max": {"last_seq": seq_bson(seq)}},
-                )
-                .await
-            })
-            .buffer_unordered(LOOKUPS_IN_FLIGHT)
-            .try_collect::<()>()
-            .await
-    }
-
-    /// Each conversation's `last_seq` from `seqs`; `None` before its first
-    /// message (or when there is no such conversation).
+    /// Each conversation's last seq: `seqs`' `last_seq` (or this process's
+    /// held one, if higher), then probed past in `messages`, since the
+    /// raise is written after the append answers (see [`behind`]) and a
+    /// crash can lose it. `None` before its first message (or when there is
+    /// no such conversation). One extra lookup per conversation when
+    /// `last_seq` is current; a gallop, then a bisection, when it is not.
     async fn last_seqs(&self, ids: Vec<String>) -> Result<Vec<Option<u64>>, StoreError> {
-        Ok(self
-            .by_ids("seqs", ids)
+        let recorded: Vec<Option<u64>> = self
+            .by_ids("seqs", ids.clone())
             .await?
             .iter()
-            .map(|s| s.as_ref().map(|s| get_u64(s, "last_seq")))
-            .collect())
+            .zip(&ids)
+            .map(|(s, id)| {
+                let held = self.held.get(id);
+                match (s.as_ref().map(|s| get_u64(s, "last_seq")), held) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                }
+            })
+            .collect();
+        let next = self
+            .by_ids(
+                "messages",
+                ids.iter()
+                    .zip(&recorded)
+                    .map(|(id, seq)| message_key(id, seq.unwrap_or(0) + 1))
+                    .collect(),
+            )
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for ((id, seq), next) in ids.iter().zip(recorded).zip(next) {
+            out.push(match next {
+                None => seq,
+                Some(_) => Some(self.last_stored_from(id, seq.unwrap_or(0) + 1).await?),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The highest seq stored in `conversation`, given that `stored` is:
+    /// doubles the step until a seq is missing, then bisects (the stored
+    /// seqs are a prefix, see [`behind`]).
+    async fn last_stored_from(&self, conversation: &str, stored: u64) -> Result<u64, StoreError> {
+        let exists = |seq: u64| async move {
+            Ok::<_, StoreError>(
+                self.by_id("messages", &message_key(conversation, seq))
+                    .await?
+                    .is_some(),
+            )
+        };
+        let (mut lo, mut step) = (stored, 1_u64);
+        let mut hi = loop {
+            let probe = lo.saturating_add(step);
+            if !exists(probe).await? {
+                break probe;
+            }
+            lo = probe;
+            step = step.saturating_mul(2);
+        };
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if exists(mid).await? {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
     }
 
     /// Conversation documents with their `last_seq` put in from `seqs`.
@@ -738,8 +750,10 @@ impl MongoStore {
     }
 
     /// Writes what an append planned (its fresh messages), in the order a
-    /// crash needs (see the module docs): the messages, then their id keys,
-    /// then `last_seq`. The client keys are written already.
+    /// crash needs (see the module docs): the client keys are written
+    /// already, the messages are written here, and their id keys and the
+    /// `last_seq` raises are queued for [`behind`] to write after the
+    /// append answers.
     async fn write_planned(&self, out: &[Appended]) -> Result<(), StoreError> {
         let fresh = || out.iter().filter(|a| a.fresh).map(|a| &a.message);
         let to_write: Vec<Document> = fresh().map(message_doc).collect();
@@ -749,21 +763,23 @@ impl MongoStore {
                 .ordered(true)
                 .await
                 .map_err(|e| conflict_in(e, &to_write))?;
-            // After the messages: a key never points at a message that is
-            // not there, and a key an interrupted attempt wrote is kept.
-            let id_keys = fresh().map(|m| key_doc(&id_key(&m.id), m));
-            match self
-                .coll("message_keys")
-                .insert_many(id_keys)
-                .ordered(false)
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if only_duplicates(&e) => {}
-                Err(e) => return Err(unavailable(e)),
-            }
         }
-        self.raise_last_seqs(out).await
+        let mut last_seqs: HashMap<String, u64> = HashMap::new();
+        for a in out {
+            let last = last_seqs
+                .entry(a.message.conversation_id.clone())
+                .or_insert(0);
+            *last = (*last).max(a.message.seq);
+        }
+        // After the messages: a key never points at a message that is not
+        // there, and `last_seq` is never past a stored seq.
+        self.behind
+            .queue(behind::Indexes {
+                id_keys: fresh().map(|m| key_doc(&id_key(&m.id), m)).collect(),
+                last_seqs,
+            })
+            .await;
+        Ok(())
     }
 }
 
@@ -795,7 +811,8 @@ impl SeqCounter {
         let Some(doc) = store.conversation_doc(conversation).await? else {
             return Err(StoreError::NoConversation(conversation.to_owned()));
         };
-        let seq = store.stored_last_seq(&doc).await?;
+        // Probed past `seqs` already (see `last_seqs`).
+        let seq = get_u64(&doc, "last_seq");
         self.0.insert(conversation.to_owned(), seq);
         Ok(seq)
     }
@@ -1081,8 +1098,23 @@ impl Store for MongoStore {
                 return message_from(&d).map(Some);
             }
         }
+        // No key yet: it may be queued behind an append (a change to a
+        // message sent a moment ago). Waited for, then looked up again.
+        if self.behind.busy() {
+            self.behind.drain().await;
+            if let Some(k) = self.by_id("message_keys", &id_key(id)).await?
+                && get_str(&k, "conversation_id")? == conversation
+                && let Some(d) = self
+                    .by_id("messages", &message_key(conversation, get_u64(&k, "seq")))
+                    .await?
+                && d.get_str("id") == Ok(id)
+            {
+                return message_from(&d).map(Some);
+            }
+        }
         // No key: a message stored before keys by id existed, or one whose
-        // key write was interrupted. A scan, then the key is written back.
+        // key write was given up or lost in a crash. A scan, then the key
+        // is written back.
         let Some(d) = self
             .coll("messages")
             .find_one(doc! {"id": id, "conversation_id": conversation})
@@ -1291,6 +1323,16 @@ impl Store for MongoStore {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+
+    /// Waits for the id keys and `last_seq` raises queued by earlier
+    /// appends (see [`behind`]). The messages themselves were durable when
+    /// their append answered; this keeps the indexes at most one commit
+    /// interval behind them, so a crash rarely leaves reads to probe or
+    /// scan.
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.behind.drain().await;
+        Ok(())
     }
 }
 
