@@ -1,5 +1,7 @@
 //! Open-loop 1:1: every sender sends on a fixed schedule whatever the
 //! answers, so the server sees the offered rate even past its capacity.
+//! Each pair first exchanges one warm-up message, not counted (see
+//! [`warm_up`]).
 
 use crate::probe::Probe;
 use crate::target::{Event, Target, body};
@@ -71,15 +73,23 @@ pub async fn flood(ctx: &Ctx, pairs: usize, rate: u64, secs: u64) -> anyhow::Res
     let period = Duration::from_secs_f64(pairs as f64 / rate.max(1) as f64);
     let run_for = Duration::from_secs(secs);
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    // (send time, latency) of every delivery, µs: the per-second figures.
+    let samples: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
     let mut tasks = Vec::new();
     // Each pair is read from the moment it is connected, as clients do
     // (Parley closes a client that leaves its probe pings unanswered for
     // 10 s, and connecting hundreds can take longer).
     for (i, pair) in users.chunks(2).enumerate() {
-        let tx = target.connect(&pair[0]).await?.0;
-        let rx = target.connect(&pair[1]).await?.0;
+        let mut tx = target.connect(&pair[0]).await?.0;
+        let mut rx = target.connect(&pair[1]).await?.0;
         let (to, from) = (pair[1].id.clone(), pair[0].id.clone());
-        let (histogram, target, bytes) = (histogram.clone(), target.clone(), ctx.body_bytes);
+        warm_up(target, &mut tx, &mut rx, &from, &to, ctx.body_bytes).await?;
+        let (histogram, samples, target, bytes) = (
+            histogram.clone(),
+            samples.clone(),
+            target.clone(),
+            ctx.body_bytes,
+        );
         let go = Go {
             at: go_rx.clone(),
             run_for,
@@ -151,14 +161,15 @@ pub async fn flood(ctx: &Ctx, pairs: usize, rate: u64, secs: u64) -> anyhow::Res
                     anyhow::Ok(tally)
                 }
             };
-            let receiving = receive(target, rx, from, start, go, progress, histogram);
+            let receiving = receive(target, rx, from, start, go, progress, histogram, samples);
             let (offered, mut tally, delivered) = tokio::try_join!(sending, answering, receiving)?;
             tally.offered = offered;
             anyhow::Ok((tally, delivered))
         }));
     }
     let probe = Probe::start(&ctx.server_pid)?;
-    go_tx.send(Some(Instant::now()))?;
+    let go_at = Instant::now();
+    go_tx.send(Some(go_at))?;
     let (mut offered, mut accepted, mut lost, mut delivered_total) = (0u64, 0u64, 0u64, 0u64);
     let mut refused: HashMap<String, u64> = HashMap::new();
     for t in tasks {
@@ -192,15 +203,114 @@ pub async fn flood(ctx: &Ctx, pairs: usize, rate: u64, secs: u64) -> anyhow::Res
         ),
         usage_fields(usage, delivered_total),
     ))?;
+    let samples = samples.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    println!(
+        "  p99 / max send → deliver by second of sending (ms): {}",
+        by_second(&samples, go_at.duration_since(start).as_micros() as u64)
+    );
     if lost > 0 {
         bail!("{lost} acked messages were not delivered within {DRAIN:?}");
     }
     Ok(())
 }
 
+/// Ack index of the warm-up message, apart from the schedule's (0, 1, …).
+const WARM_UP_INDEX: usize = 1 << 30;
+/// The most a pair's warm-up may take, refusals and retries included.
+const WARM_UP_LIMIT: Duration = Duration::from_secs(30);
+
+/// Sends one message from `from` to `to` and waits until it is accepted
+/// and delivered, before the schedule and outside its figures: the first
+/// message of a pair is a conversation's first (Parley creates it in the
+/// store, and its sequencer then reads its head), a one-time cost that a
+/// steady-state latency should not include. Refusals a retry may cure are
+/// retried after a short pause (the server may still be starting).
+async fn warm_up(
+    target: &Target,
+    tx: &mut parley_server::client::Socket,
+    rx: &mut parley_server::client::Socket,
+    from: &str,
+    to: &str,
+    bytes: usize,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + WARM_UP_LIMIT;
+    let frame = target.direct(from, to, WARM_UP_INDEX, "warm-up", &body(0, bytes));
+    'send: loop {
+        tx.send(Message::Text(frame.clone().into())).await?;
+        while Instant::now() < until {
+            let t = match next_text(tx).await? {
+                Next::Text(t) => t,
+                Next::Quiet => continue,
+                Next::Closed => bail!("the sender's socket closed during the warm-up"),
+            };
+            for event in target.parse(&t)? {
+                match event {
+                    Event::Accepted { index } if index == WARM_UP_INDEX => break 'send,
+                    Event::Refused {
+                        index: Some(WARM_UP_INDEX) | None,
+                        retry: true,
+                        ..
+                    } => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue 'send;
+                    }
+                    Event::Refused { code, .. } => bail!("warm-up message refused: {code}"),
+                    Event::Ping => tx.send(target.pong()).await?,
+                    _ => {}
+                }
+            }
+        }
+        bail!("warm-up message not accepted within {WARM_UP_LIMIT:?}");
+    }
+    while Instant::now() < until {
+        let t = match next_text(rx).await? {
+            Next::Text(t) => t,
+            Next::Quiet => continue,
+            Next::Closed => bail!("the receiver's socket closed during the warm-up"),
+        };
+        for event in target.parse(&t)? {
+            match event {
+                Event::Delivered(d) if d.from == from && d.client_msg_id == "warm-up" => {
+                    return Ok(());
+                }
+                Event::Ping => rx.send(target.pong()).await?,
+                _ => {}
+            }
+        }
+    }
+    bail!("warm-up message not delivered within {WARM_UP_LIMIT:?}")
+}
+
+/// `p99/max` of the latencies of the messages sent in each second of the
+/// schedule (`go_us` is its start), in ms: where in the run a tail came
+/// from (a start-up cost, a stall, steady queueing).
+fn by_second(samples: &[(u64, u64)], go_us: u64) -> String {
+    let mut seconds: Vec<Vec<u64>> = Vec::new();
+    for &(sent, latency) in samples {
+        let second = (sent.saturating_sub(go_us) / 1_000_000) as usize;
+        if seconds.len() <= second {
+            seconds.resize(second + 1, Vec::new());
+        }
+        seconds[second].push(latency);
+    }
+    seconds
+        .iter_mut()
+        .map(|l| {
+            l.sort_unstable();
+            let p99 = l.get((l.len() * 99 / 100).min(l.len().saturating_sub(1)));
+            match (p99, l.last()) {
+                (Some(p), Some(m)) => format!("{}/{}", p / 1000, m / 1000),
+                _ => "-".to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Receives from `from` until everything its sender had accepted arrived
 /// (or the drain ends); answers the client ids delivered, recording send →
 /// deliver of the first arrival of each.
+#[allow(clippy::too_many_arguments)]
 async fn receive(
     target: Target,
     mut rx: parley_server::client::Socket,
@@ -209,9 +319,11 @@ async fn receive(
     go: Go,
     progress: Arc<Progress>,
     histogram: Arc<Mutex<Histogram<u64>>>,
+    samples: Arc<Mutex<Vec<(u64, u64)>>>,
 ) -> anyhow::Result<HashSet<String>> {
     let mut delivered: HashSet<String> = HashSet::new();
     let mut latencies = Vec::new();
+    let mut timeline = Vec::new();
     let done = |delivered: usize| {
         progress.answers_done.load(Ordering::Acquire)
             && delivered as u64 >= progress.accepted.load(Ordering::Acquire)
@@ -228,7 +340,9 @@ async fn receive(
                     if d.from == from && delivered.insert(d.client_msg_id.clone()) =>
                 {
                     let now = start.elapsed().as_micros() as u64;
-                    latencies.push(now.saturating_sub(d.number()?));
+                    let sent = d.number()?;
+                    latencies.push(now.saturating_sub(sent));
+                    timeline.push((sent, now.saturating_sub(sent)));
                 }
                 Event::Ping => rx.send(target.pong()).await?,
                 _ => {}
@@ -236,6 +350,10 @@ async fn receive(
         }
     }
     record_latencies(&histogram, latencies)?;
+    samples
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .extend(timeline);
     Ok(delivered)
 }
 
