@@ -67,6 +67,16 @@ pub const SESSION_TIMEOUT_MS: u32 = 1500;
 /// expired) within this long.
 pub const HEARTBEAT_INTERVAL_MS: u32 = 300;
 
+/// How long the broker holds a fetch that finds no new record
+/// (`fetch.wait.max.ms`). With `fetch.min.bytes` = 1 (the default) a fetch
+/// is answered as soon as a record arrives, so this adds no latency to a
+/// record; it sets how often an idle consumer asks again. At 10 ms every
+/// consumer asked the broker 100 times a second, busy or idle: measured
+/// with `scripts/bench real-rate`, Kafka's CPU per accepted message fell
+/// from 0.92 to 0.57 ms at 500 msg/s (0.42 to 0.34 at 1,000) at 100 ms,
+/// with send → deliver no slower.
+pub const FETCH_WAIT_MAX_MS: u32 = 100;
+
 /// One background view of a consumer lag: `None` until first measured.
 type LagView = Arc<Mutex<Option<u64>>>;
 
@@ -300,7 +310,7 @@ impl EventBus for KafkaBus {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "10")
+            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
             .set("session.timeout.ms", SESSION_TIMEOUT_MS.to_string())
             .set("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS.to_string())
             // Also the rebalance timeout: how long a join waits for members
