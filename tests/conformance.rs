@@ -15,6 +15,17 @@ use parley::store::{Store, StoreError};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// A check this backend cannot pass, marked with the reason: listed as
+/// ignored (`cargo test -- --ignored` runs nothing for it) rather than
+/// dropped from the list without a word.
+macro_rules! cannot {
+    ($name:ident, $reason:literal) => {
+        #[test]
+        #[ignore = $reason]
+        fn $name() {}
+    };
+}
+
 fn embedded_bus(dir: PathBuf) -> impl Fn() -> std::future::Ready<Arc<dyn EventBus>> {
     move || std::future::ready(Arc::new(EmbeddedBus::open(&dir, 8).unwrap()) as Arc<dyn EventBus>)
 }
@@ -26,22 +37,15 @@ fn embedded_store(dir: PathBuf) -> impl Fn() -> std::future::Ready<Arc<dyn Store
 mod embedded_bus_checks {
     use super::*;
     macro_rules! check {
-        ($($name:ident),+) => {$(
+        ($name:ident) => {
             #[tokio::test]
             async fn $name() {
                 let dir = tempfile::tempdir().unwrap();
                 bus::$name(embedded_bus(dir.path().to_path_buf())().await).await;
             }
-        )+};
+        };
     }
-    check!(
-        keeps_order_per_key,
-        resumes_after_the_last_commit,
-        groups_are_independent,
-        members_share_and_take_over,
-        reports_consumer_lag,
-        counts_uncommitted_records
-    );
+    parley::bus_checks!(check);
 
     #[tokio::test]
     async fn survives_reopen() {
@@ -59,46 +63,28 @@ mod embedded_bus_checks {
 mod memory_registry_checks {
     use super::*;
     macro_rules! check {
-        ($($name:ident),+) => {$(
+        ($name:ident) => {
             #[tokio::test]
             async fn $name() {
                 registry::$name(Arc::new(MemoryRegistry::new()) as Arc<dyn Registry>).await;
             }
-        )+};
+        };
     }
-    check!(
-        services_register_and_expire,
-        sessions_count_refresh_and_expire,
-        presence_is_kept_per_user,
-        claims_are_exclusive,
-        claims_renew_only_for_their_holder,
-        epoch_is_stable_while_the_data_lives,
-        rate_limits_hold_in_every_window
-    );
+    parley::registry_checks!(check);
 }
 
 mod embedded_store_checks {
     use super::*;
     macro_rules! check {
-        ($($name:ident),+) => {$(
+        ($name:ident) => {
             #[tokio::test]
             async fn $name() {
                 let dir = tempfile::tempdir().unwrap();
                 store::$name(embedded_store(dir.path().to_path_buf())().await).await;
             }
-        )+};
+        };
     }
-    check!(
-        users_are_unique_and_found,
-        appends_are_sequenced_and_idempotent,
-        history_pages_by_seq,
-        cursors_move_forward_only,
-        first_messages_race,
-        search_finds_messages_in_given_conversations,
-        groups_change_atomically,
-        one_user_starts_conversations_at_once,
-        message_changes_apply_in_place
-    );
+    parley::store_checks!(check);
 
     #[tokio::test]
     async fn survives_reopen() {
@@ -136,22 +122,22 @@ mod kafka_bus_checks {
     }
 
     macro_rules! check {
-        ($($name:ident),+) => {$(
+        (counts_uncommitted_records) => {
+            cannot!(
+                counts_uncommitted_records,
+                "`EventBus::uncommitted` is answered only where the bus can from memory; the Kafka bus answers None (the sequencer start-up gate then does not wait for a replay, see `sequencer::replayed`, which matters only beside the embedded store)"
+            );
+        };
+        ($name:ident) => {
             #[tokio::test]
             async fn $name() {
                 let Some(brokers) = real("KAFKA_BROKERS") else { return };
                 let prefix = format!("{}.", random("t"));
                 bus::$name(open(&brokers, &prefix).await).await;
             }
-        )+};
+        };
     }
-    check!(
-        keeps_order_per_key,
-        resumes_after_the_last_commit,
-        groups_are_independent,
-        members_share_and_take_over,
-        reports_consumer_lag
-    );
+    parley::bus_checks!(check);
 
     #[tokio::test]
     async fn survives_reopen() {
@@ -177,24 +163,16 @@ mod redis_registry_checks {
     use parley::registry::redis::RedisRegistry;
 
     macro_rules! check {
-        ($($name:ident),+) => {$(
+        ($name:ident) => {
             #[tokio::test]
             async fn $name() {
                 let Some(url) = real("REDIS_URL") else { return };
                 let registry = RedisRegistry::connect(&url, &random("test")).await.unwrap();
                 registry::$name(Arc::new(registry) as Arc<dyn Registry>).await;
             }
-        )+};
+        };
     }
-    check!(
-        services_register_and_expire,
-        sessions_count_refresh_and_expire,
-        presence_is_kept_per_user,
-        claims_are_exclusive,
-        claims_renew_only_for_their_holder,
-        epoch_is_stable_while_the_data_lives,
-        rate_limits_hold_in_every_window
-    );
+    parley::registry_checks!(check);
 
     /// The prefix's keys deleted behind the registry's back, as a Redis
     /// restart without persistence (or a FLUSHALL) loses them; a restart of
@@ -235,25 +213,21 @@ mod mongo_store_checks {
     }
 
     macro_rules! check {
-        ($($name:ident),+) => {$(
+        (concurrent_group_changes_keep_the_limit) => {
+            cannot!(
+                concurrent_group_changes_keep_the_limit,
+                "FerretDB 1.x applies a filtered update by rewriting the whole document, not atomically, so concurrent changes of one group can overwrite each other; chat-svc serializes them with a registry lock (`Chat::lock_group`), tested through the whole system"
+            );
+        };
+        ($name:ident) => {
             #[tokio::test]
             async fn $name() {
                 let Some(url) = real("MONGODB_URL") else { return };
                 store::$name(open(&url, &random("test")).await).await;
             }
-        )+};
+        };
     }
-    check!(
-        users_are_unique_and_found,
-        appends_are_sequenced_and_idempotent,
-        history_pages_by_seq,
-        cursors_move_forward_only,
-        first_messages_race,
-        search_finds_messages_in_given_conversations,
-        groups_change_atomically,
-        one_user_starts_conversations_at_once,
-        message_changes_apply_in_place
-    );
+    parley::store_checks!(check);
 
     #[tokio::test]
     async fn survives_reopen() {

@@ -6,6 +6,25 @@ use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+/// Every check of this module that takes a bus, listed once: a backend's
+/// test module stamps them out with `parley::bus_checks!(check)`, which
+/// expands to `check!(name);` for each (see `tests/conformance.rs`). A
+/// backend that cannot pass one matches that name first in its own
+/// `check!` and says why. ([`survives_reopen`] and
+/// [`continues_after_trim_and_reopen`] take a way to reopen the bus, so
+/// each backend calls them itself.)
+#[macro_export]
+macro_rules! bus_checks {
+    ($check:ident) => {
+        $check!(keeps_order_per_key);
+        $check!(resumes_after_the_last_commit);
+        $check!(groups_are_independent);
+        $check!(members_share_and_take_over);
+        $check!(reports_consumer_lag);
+        $check!(counts_uncommitted_records);
+    };
+}
+
 async fn next(sub: &mut Box<dyn Subscription>) -> Vec<Record> {
     tokio::time::timeout(PATIENCE, sub.next_batch(100))
         .await

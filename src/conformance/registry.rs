@@ -5,6 +5,27 @@ use crate::registry::{PresenceRecord, Registry, ServiceEntry, SessionEntry};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Every check of this module that takes a registry, listed once: a
+/// backend's test module stamps them out with
+/// `parley::registry_checks!(check)`, which expands to `check!(name);` for
+/// each (see `tests/conformance.rs`). A backend that cannot pass one
+/// matches that name first in its own `check!` and says why.
+/// ([`a_loss_of_data_changes_the_epoch_and_wakes_watchers`] takes a way to
+/// lose the registry's data, so each backend that can lose it calls it
+/// itself.)
+#[macro_export]
+macro_rules! registry_checks {
+    ($check:ident) => {
+        $check!(services_register_and_expire);
+        $check!(sessions_count_refresh_and_expire);
+        $check!(presence_is_kept_per_user);
+        $check!(claims_are_exclusive);
+        $check!(claims_renew_only_for_their_holder);
+        $check!(epoch_is_stable_while_the_data_lives);
+        $check!(rate_limits_hold_in_every_window);
+    };
+}
+
 fn entry(kind: &str, id: &str) -> ServiceEntry {
     ServiceEntry {
         kind: kind.to_owned(),

@@ -1,9 +1,34 @@
 //! What every [`Store`] must do.
 
 use super::unique;
-use crate::proto::{ChatMessage, Conversation, MessageKind, ReceiptKind, User};
+use crate::proto::{ChatMessage, Conversation, MessageKind, ReceiptEvent, ReceiptKind, User};
 use crate::store::{GroupChange, Store, StoreError, UserRecord};
 use std::sync::Arc;
+
+/// Every check of this module that takes a store, listed once: a
+/// backend's test module stamps them out with `parley::store_checks!(check)`,
+/// which expands to `check!(name);` for each (see `tests/conformance.rs`),
+/// so a check added here runs on every backend. A backend that cannot pass
+/// one matches that name first in its own `check!` and says why.
+/// ([`survives_reopen`] takes a way to reopen the store, so each backend
+/// calls it itself.)
+#[macro_export]
+macro_rules! store_checks {
+    ($check:ident) => {
+        $check!(users_are_unique_and_found);
+        $check!(appends_are_sequenced_and_idempotent);
+        $check!(history_pages_by_seq);
+        $check!(cursors_move_forward_only);
+        $check!(receipts_advance_in_one_call);
+        $check!(membership_is_answered_per_user);
+        $check!(first_messages_race);
+        $check!(search_finds_messages_in_given_conversations);
+        $check!(groups_change_atomically);
+        $check!(concurrent_group_changes_keep_the_limit);
+        $check!(one_user_starts_conversations_at_once);
+        $check!(message_changes_apply_in_place);
+    };
+}
 
 /// An account named `name` with a unique id and a fake hash.
 pub fn record(name: &str) -> UserRecord {
@@ -204,6 +229,79 @@ pub async fn cursors_move_forward_only(store: Arc<dyn Store>) {
         store.advance_cursor(&unique("none"), &b, read, 1).await,
         Err(StoreError::NoConversation(_))
     ));
+}
+
+/// [`Store::advance_cursors`] answers receipt by receipt, in order, what
+/// [`Store::advance_cursor`] would have one at a time: a move forward
+/// answers the new position (clamped to the last seq), a move back or to
+/// where the cursor is answers `None`, as does a receipt for a conversation
+/// that does not exist; reading counts as delivery.
+pub async fn receipts_advance_in_one_call(store: Arc<dyn Store>) {
+    let (a, b) = (unique("a"), unique("b"));
+    let c = unique("c");
+    store.ensure_direct(&c, &a, &b, 1).await.unwrap();
+    let batch: Vec<ChatMessage> = (1..=5).map(|i| message(&c, &a, &format!("r{i}"))).collect();
+    store.append_messages(&batch).await.unwrap();
+    let receipt =
+        |conversation: &str, user: &str, kind: ReceiptKind, up_to_seq: u64| ReceiptEvent {
+            conversation_id: conversation.to_owned(),
+            user_id: user.to_owned(),
+            kind: kind as i32,
+            up_to_seq,
+            at_ms: 1,
+        };
+    let (read, delivered) = (ReceiptKind::Read, ReceiptKind::Delivered);
+    let moved = store
+        .advance_cursors(&[
+            receipt(&c, &b, delivered, 2),
+            receipt(&c, &b, delivered, 1),
+            receipt(&unique("none"), &b, read, 1),
+            receipt(&c, &a, read, 3),
+            receipt(&c, &b, read, 99),
+            receipt(&c, &b, delivered, 4),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(moved, [Some(2), None, None, Some(3), Some(5), None]);
+    let conversation = store.conversation(&c).await.unwrap().unwrap();
+    let cursor = |user: &str| {
+        let k = conversation
+            .cursors
+            .iter()
+            .find(|k| k.user_id == user)
+            .unwrap();
+        (k.delivered_seq, k.read_seq)
+    };
+    assert_eq!(cursor(&b), (5, 5));
+    assert_eq!(cursor(&a), (3, 3));
+    assert_eq!(store.advance_cursors(&[]).await.unwrap(), []);
+}
+
+/// [`Store::is_member`] answers for the members of a 1:1 conversation and
+/// of a group, no for anyone else or a conversation that does not exist,
+/// and no (at once, or after a moment where memberships are kept apart)
+/// once a member is removed.
+pub async fn membership_is_answered_per_user(store: Arc<dyn Store>) {
+    let (a, b, stranger) = (unique("a"), unique("b"), unique("s"));
+    let c = unique("c");
+    store.ensure_direct(&c, &a, &b, 1).await.unwrap();
+    assert!(store.is_member(&c, &a).await.unwrap());
+    assert!(store.is_member(&c, &b).await.unwrap());
+    assert!(!store.is_member(&c, &stranger).await.unwrap());
+    assert!(!store.is_member(&unique("none"), &a).await.unwrap());
+    let g = unique("g");
+    store.create_group(&group(&g, &[&a, &b])).await.unwrap();
+    assert!(store.is_member(&g, &b).await.unwrap());
+    store
+        .update_group(&g, &a, &GroupChange::Remove(vec![b.clone()]), 10)
+        .await
+        .unwrap();
+    super::eventually("a removed member is no longer one", || {
+        let (store, g, b) = (store.clone(), g.clone(), b.clone());
+        async move { !store.is_member(&g, &b).await.unwrap() }
+    })
+    .await;
+    assert!(store.is_member(&g, &a).await.unwrap());
 }
 
 /// Both people of a new pair send their first message at once: every
