@@ -19,6 +19,7 @@
 pub mod backends;
 pub mod bus;
 pub mod config;
+#[cfg(feature = "conformance")]
 #[doc(hidden)]
 pub mod conformance;
 pub mod discovery;
