@@ -166,5 +166,8 @@ EOF
     else
       stop_server
     fi
+    # The run's own topics: left behind, hundreds of partitions pile up
+    # on the broker and the next runs pay for them in Kafka's CPU.
+    scripts/infra topics --delete --if-exists --topic "$run[.].*" >/dev/null 2>&1 || true
   done
 done
