@@ -480,7 +480,12 @@ async fn finish_close(socket: &mut WebSocket) {
     .await;
 }
 
+/// Whether a read failed because a frame or message passed the
+/// transport's size limits (tungstenite's `Capacity` error, which axum's
+/// error wraps), by type rather than by the message's text.
 fn is_capacity(e: &axum::Error) -> bool {
-    let text = e.to_string().to_lowercase();
-    text.contains("message too long") || text.contains("too big") || text.contains("capacity")
+    use tokio_tungstenite::tungstenite::Error;
+    std::error::Error::source(e)
+        .and_then(|inner| inner.downcast_ref::<Error>())
+        .is_some_and(|inner| matches!(inner, Error::Capacity(_)))
 }

@@ -72,9 +72,24 @@ fn unavailable(e: mongodb::error::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// MongoDB's duplicate key error (`E11000`), which FerretDB answers too
+/// (<https://www.mongodb.com/docs/manual/reference/error-codes/>).
+const DUPLICATE_KEY: i32 = 11000;
+
+/// Whether a write was refused by a unique index, by the server's error
+/// code (a single write's, any of a bulk insert's, or a command's), not by
+/// the message's text.
 fn is_duplicate(e: &mongodb::error::Error) -> bool {
-    let text = e.to_string();
-    text.contains("E11000") || text.contains("duplicate key") || text.contains("11000")
+    use mongodb::error::{ErrorKind, InsertManyError, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(InsertManyError {
+            write_errors: Some(errors),
+            ..
+        }) => errors.iter().any(|w| w.code == DUPLICATE_KEY),
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        _ => false,
+    }
 }
 
 /// A write that lost a race with another writer of the same keys (a
@@ -172,7 +187,7 @@ fn only_duplicates(e: &mongodb::error::Error) -> bool {
             write_errors: Some(errors),
             write_concern_error: None,
             ..
-        }) => errors.iter().all(|w| w.code == 11000),
+        }) => errors.iter().all(|w| w.code == DUPLICATE_KEY),
         _ => is_duplicate(e),
     }
 }
