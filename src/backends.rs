@@ -58,7 +58,72 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// What a role that keeps nothing but sessions needs (the edge): the
+/// registry alone. Opened and health-checked without the bus and the
+/// store, so an edge starts and serves while Kafka and the store are away
+/// or not configured for it.
+#[derive(Clone)]
+pub struct RegistryOnly {
+    pub registry: Arc<dyn Registry>,
+    /// As [`Backends::restarts`].
+    pub restarts: Restarts,
+}
+
+impl std::fmt::Debug for RegistryOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegistryOnly")
+    }
+}
+
+/// Backends a server's gRPC health follows (see `grpc::serve`).
+#[async_trait::async_trait]
+pub trait Checked: Send + Sync + 'static {
+    /// `Ok` when every backend answers; else the first that does not.
+    async fn check(&self) -> Result<(), String>;
+}
+
+async fn open_registry(config: &BackendConfig) -> Result<Arc<dyn Registry>, BackendError> {
+    Ok(match &config.redis_url {
+        Some(url) => Arc::new(
+            RedisRegistry::connect(url, &config.redis_prefix)
+                .await
+                .map_err(|e| BackendError::Unreachable {
+                    what: "Redis",
+                    address: redact(url),
+                    cause: e.to_string(),
+                })?,
+        ),
+        None => Arc::new(MemoryRegistry::new()),
+    })
+}
+
+impl RegistryOnly {
+    /// Opens the configured registry only; `KAFKA_BROKERS`, `MONGODB_URL`
+    /// and the data directory are not touched.
+    pub async fn open(config: &BackendConfig) -> Result<Self, BackendError> {
+        let registry = open_registry(config).await?;
+        let restarts = Restarts::watch(&registry);
+        Ok(Self { registry, restarts })
+    }
+}
+
+#[async_trait::async_trait]
+impl Checked for RegistryOnly {
+    async fn check(&self) -> Result<(), String> {
+        self.registry.ping().await.map_err(|e| e.to_string())
+    }
+}
+
 impl Backends {
+    /// The registry part, for a role that uses nothing else (the
+    /// all-in-one's edge).
+    pub fn registry_only(&self) -> RegistryOnly {
+        RegistryOnly {
+            registry: self.registry.clone(),
+            restarts: self.restarts.clone(),
+        }
+    }
+
     /// Opens the configured backends.
     pub async fn open(config: &BackendConfig) -> Result<Self, BackendError> {
         let dir = config.data_dir.display().to_string();
@@ -87,18 +152,7 @@ impl Backends {
                     .map_err(|e| embedded("bus", e.to_string()))?,
             ),
         };
-        let registry: Arc<dyn Registry> = match &config.redis_url {
-            Some(url) => Arc::new(
-                RedisRegistry::connect(url, &config.redis_prefix)
-                    .await
-                    .map_err(|e| BackendError::Unreachable {
-                        what: "Redis",
-                        address: redact(url),
-                        cause: e.to_string(),
-                    })?,
-            ),
-            None => Arc::new(MemoryRegistry::new()),
-        };
+        let registry = open_registry(config).await?;
         let store: Arc<dyn Store> = match &config.mongodb_url {
             Some(url) => Arc::new(
                 MongoStore::connect(url, config.mongodb_database.as_deref())
@@ -130,9 +184,12 @@ impl Backends {
             restarts,
         })
     }
+}
 
+#[async_trait::async_trait]
+impl Checked for Backends {
     /// Answers whether every backend responds, naming the first that does not.
-    pub async fn check(&self) -> Result<(), String> {
+    async fn check(&self) -> Result<(), String> {
         self.bus.ping().await.map_err(|e| e.to_string())?;
         self.registry.ping().await.map_err(|e| e.to_string())?;
         self.store.ping().await.map_err(|e| e.to_string())?;

@@ -5,7 +5,7 @@
 
 pub mod local;
 
-use crate::backends::Backends;
+use crate::backends::Checked;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -32,7 +32,7 @@ pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     names: &'static [&'static str],
-    backends: Backends,
+    backends: impl Checked,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     // List what this server really serves: its own services and health, not
@@ -157,7 +157,7 @@ where
     }
 }
 
-async fn check(backends: &Backends) -> ServingStatus {
+async fn check(backends: &impl Checked) -> ServingStatus {
     match backends.check().await {
         Ok(()) => ServingStatus::Serving,
         Err(cause) => {

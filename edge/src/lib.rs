@@ -23,7 +23,7 @@ pub mod ws;
 
 pub use state::{EdgeConfig, EdgeState};
 
-use parley::backends::Backends;
+use parley::backends::RegistryOnly;
 use parley::discovery::{announce, kind};
 use parley::registry::ServiceEntry;
 use parley::time::now_ms;
@@ -46,7 +46,7 @@ pub async fn serve(
     http: TcpListener,
     grpc: TcpListener,
     state: EdgeState,
-    backends: Backends,
+    backends: RegistryOnly,
     shutdown: CancellationToken,
 ) -> Result<(), EdgeError> {
     // Install the recorder before the first metric is recorded.
@@ -150,7 +150,9 @@ pub async fn run_standalone(
     http: &HttpArgs,
 ) -> Result<(), parley::node::RunError> {
     use parley::node::{NodeError, RunError};
-    let backends = Backends::open(&node.backends)
+    // The edge keeps only sessions: it opens (and its health follows) the
+    // registry alone, so it serves whatever Kafka and the store do.
+    let backends = RegistryOnly::open(&node.backends)
         .await
         .map_err(NodeError::from)?;
     let bind = |addr: String, cause| NodeError::Bind { addr, cause };

@@ -165,7 +165,7 @@ impl App {
             async move {
                 log_exit(
                     "edge",
-                    parley_edge::serve(http, edge_grpc, state, backends, s).await,
+                    parley_edge::serve(http, edge_grpc, state, backends.registry_only(), s).await,
                 )
             }
         }));

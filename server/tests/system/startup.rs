@@ -64,3 +64,70 @@ async fn unreachable_mongodb_is_named_and_fails_the_start() {
         "the password was printed: {stderr}"
     );
 }
+
+/// The edge keeps nothing but sessions, so it opens only the registry: with
+/// Kafka and the store configured at addresses where nothing listens, it
+/// starts, answers HTTP and reports SERVING over gRPC health.
+#[tokio::test]
+async fn an_edge_starts_and_serves_with_only_a_registry() {
+    use tokio::io::AsyncBufReadExt;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let grpc_port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_parley"));
+    command
+        .arg("edge")
+        .env("PORT", "0")
+        .env("GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
+        .env("PARLEY_DATA_DIR", dir.path())
+        .env("RUST_LOG", "error")
+        .env("KAFKA_BROKERS", "127.0.0.1:1")
+        .env("MONGODB_URL", "mongodb://127.0.0.1:1/parley")
+        .env_remove("REDIS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut edge = command.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(edge.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.strip_prefix("Parley edge listening on ") {
+                return url.to_owned();
+            }
+        }
+        panic!("the edge exited without listening");
+    })
+    .await
+    .expect("the edge did not start within 30 s");
+
+    let health: serde_json::Value = reqwest::get(format!("{url}/health"))
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["service"], "edge", "{health}");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let status = client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    assert!(edge.try_wait().unwrap().is_none(), "the edge exited");
+}
