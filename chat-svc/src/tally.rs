@@ -104,11 +104,8 @@ impl Tally {
         }
         let mut state = self.state();
         if let Some((_, cursors)) = state.cursors.get_mut(group) {
-            let (delivered, read) = cursors.entry(user.to_owned()).or_insert((0, 0));
-            *delivered = (*delivered).max(seq);
-            if kind == ReceiptKind::Read {
-                *read = (*read).max(seq);
-            }
+            let cursors = cursors.entry(user.to_owned()).or_insert((0, 0));
+            *cursors = parley::store::apply_receipt(*cursors, kind, seq).0;
         }
         state.mark_changed(group, members);
         Ok(())

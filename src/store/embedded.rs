@@ -280,19 +280,9 @@ fn advance_in(
         .map(|v| v.value())
         .unwrap_or((0, 0));
     let target = r.up_to_seq.min(last_seq);
-    // Reading a message implies it was delivered.
-    let (new_delivered, new_read) = match kind {
-        ReceiptKind::Read => (delivered.max(target), read.max(target)),
-        _ => (delivered.max(target), read),
-    };
-    let moved = match kind {
-        ReceiptKind::Read => (new_read > read).then_some(new_read),
-        _ => (new_delivered > delivered).then_some(new_delivered),
-    };
-    if (new_delivered, new_read) != (delivered, read) {
-        cursors
-            .insert(key, (new_delivered, new_read))
-            .map_err(unavailable)?;
+    let (moved_to, moved) = super::apply_receipt((delivered, read), kind, target);
+    if moved_to != (delivered, read) {
+        cursors.insert(key, moved_to).map_err(unavailable)?;
     }
     Ok(moved)
 }

@@ -181,6 +181,26 @@ pub fn changes_message(target: &ChatMessage, change: &ChatMessage) -> bool {
     }
 }
 
+/// A member's `(delivered, read)` cursors in a conversation: the highest
+/// seqs it has received and read.
+pub type Cursors = (u64, u64);
+
+/// Applies a receipt of `kind` up to `seq` (already clamped to the
+/// conversation's last seq) to `cursors`, the one rule every store and the
+/// group tally follow: cursors only move forward, and reading a message
+/// implies it was delivered, so a read raises both. Answers the new
+/// cursors and, when the receipt's own cursor moved, where to.
+pub fn apply_receipt(cursors: Cursors, kind: ReceiptKind, seq: u64) -> (Cursors, Option<u64>) {
+    let (delivered, read) = cursors;
+    match kind {
+        ReceiptKind::Read => (
+            (delivered.max(seq), read.max(seq)),
+            (seq > read).then_some(seq),
+        ),
+        _ => ((delivered.max(seq), read), (seq > delivered).then_some(seq)),
+    }
+}
+
 /// Applies a change entry (an edit, a deletion or a reaction) to the
 /// message it targets. Idempotent, so a replayed change lands the same.
 pub fn apply_message_change(target: &mut ChatMessage, change: &ChatMessage) {
@@ -361,5 +381,21 @@ pub trait Store: Send + Sync + 'static {
     /// `history` without it, an edit of it refused as `not_found`).
     fn rolls_back_on_crash(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_raises_both_cursors_and_nothing_moves_back() {
+        let (read, delivered) = (ReceiptKind::Read, ReceiptKind::Delivered);
+        assert_eq!(apply_receipt((0, 0), delivered, 3), ((3, 0), Some(3)));
+        assert_eq!(apply_receipt((3, 0), read, 2), ((3, 2), Some(2)));
+        assert_eq!(apply_receipt((3, 2), read, 5), ((5, 5), Some(5)));
+        assert_eq!(apply_receipt((5, 5), delivered, 4), ((5, 5), None));
+        assert_eq!(apply_receipt((5, 5), read, 5), ((5, 5), None));
+        assert_eq!(apply_receipt((5, 2), delivered, 5), ((5, 2), None));
     }
 }

@@ -1364,16 +1364,19 @@ impl MongoStore {
     ) -> Result<Vec<Option<u64>>, StoreError> {
         let mut raise = Document::new();
         for (user, kind, target) in moves {
-            let target = seq_bson(*target);
-            // Reading a message implies it was delivered.
-            let mut fields = vec![format!("d.{user}")];
-            if *kind == ReceiptKind::Read {
-                fields.push(format!("r.{user}"));
-            }
-            for field in fields {
+            // Which cursors the receipt raises, and to what, by the one rule.
+            let (delivered, read) = super::apply_receipt((0, 0), *kind, *target).0;
+            for (field, to) in [
+                (format!("d.{user}"), delivered),
+                (format!("r.{user}"), read),
+            ] {
+                if to == 0 {
+                    continue;
+                }
+                let to = seq_bson(to);
                 let higher = match raise.get(&field) {
-                    Some(Bson::Int64(v)) => (*v).max(target),
-                    _ => target,
+                    Some(Bson::Int64(v)) => (*v).max(to),
+                    _ => to,
                 };
                 raise.insert(field, higher);
             }
@@ -1404,19 +1407,12 @@ impl MongoStore {
         let mut at: HashMap<&str, (u64, u64)> = HashMap::new();
         let mut out = Vec::with_capacity(moves.len());
         for (user, kind, target) in moves {
-            let (delivered, read) = at
+            let cursors = at
                 .entry(user.as_str())
                 .or_insert_with(|| (stored("d", user), stored("r", user)));
-            let previous = if *kind == ReceiptKind::Read {
-                *read
-            } else {
-                *delivered
-            };
-            *delivered = (*delivered).max(*target);
-            if *kind == ReceiptKind::Read {
-                *read = (*read).max(*target);
-            }
-            out.push((*target > previous).then_some(*target));
+            let (moved_to, moved) = super::apply_receipt(*cursors, *kind, *target);
+            *cursors = moved_to;
+            out.push(moved);
         }
         Ok(out)
     }
