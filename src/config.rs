@@ -24,10 +24,22 @@ pub struct BackendConfig {
     #[arg(long, env = "MONGODB_URL", global = true)]
     pub mongodb_url: Option<String>,
     /// Partitions per topic (created at start-up when missing).
-    #[arg(long, env = "PARLEY_PARTITIONS", global = true, default_value_t = 8)]
+    #[arg(
+        long,
+        env = "PARLEY_PARTITIONS",
+        global = true,
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u32).range(1..=10_000)
+    )]
     pub partitions: u32,
     /// Replication factor of the Kafka topics created at start-up.
-    #[arg(long, env = "PARLEY_REPLICATION", global = true, default_value_t = 1)]
+    #[arg(
+        long,
+        env = "PARLEY_REPLICATION",
+        global = true,
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
     pub replication: u16,
     /// Prefix of every Redis key, so deployments can share a Redis.
     #[arg(

@@ -100,7 +100,8 @@ pub struct ChatArgs {
         long,
         env = "PARLEY_USER_SEND_LIMIT",
         global = true,
-        default_value_t = 100
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub user_send_limit: u64,
     /// The window of that limit, in seconds.
@@ -108,7 +109,8 @@ pub struct ChatArgs {
         long,
         env = "PARLEY_USER_SEND_WINDOW_SECS",
         global = true,
-        default_value_t = 10
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
     )]
     pub user_send_window_secs: u64,
     /// Where notifications for members with no live session are POSTed

@@ -118,7 +118,8 @@ pub struct HttpArgs {
     pub host: String,
     /// Frames per second one WebSocket may send (bursts of twice that).
     #[arg(long, env = "PARLEY_WS_FRAMES_PER_SEC", global = true,
-          default_value_t = state::DEFAULT_FRAMES_PER_SECOND)]
+          default_value_t = state::DEFAULT_FRAMES_PER_SECOND,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub ws_frames_per_sec: u32,
     /// Milliseconds a send, edit, delete or reaction may wait at the edge
     /// behind its connection's earlier frames before it is answered

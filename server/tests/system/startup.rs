@@ -131,3 +131,21 @@ async fn an_edge_starts_and_serves_with_only_a_registry() {
     assert_eq!(status, ServingStatus::Serving as i32);
     assert!(edge.try_wait().unwrap().is_none(), "the edge exited");
 }
+
+/// A setting outside its range stops the start with a message naming the
+/// setting and the range, instead of being clamped without a word.
+#[tokio::test]
+async fn settings_out_of_range_are_refused_at_start() {
+    for (var, option) in [
+        ("PARLEY_PARTITIONS", "--partitions"),
+        ("PARLEY_REPLICATION", "--replication"),
+        ("PARLEY_USER_SEND_LIMIT", "--user-send-limit"),
+        ("PARLEY_USER_SEND_WINDOW_SECS", "--user-send-window-secs"),
+        ("PARLEY_WS_FRAMES_PER_SEC", "--ws-frames-per-sec"),
+        ("PARLEY_MAX_BACKLOG", "--max-backlog"),
+        ("PARLEY_MAX_SESSIONS_PER_USER", "--max-sessions-per-user"),
+    ] {
+        let stderr = start_fails_with(var, "0", &[option, "0"]).await;
+        assert!(stderr.contains("not in"), "{var}: no range in {stderr}");
+    }
+}
