@@ -34,10 +34,6 @@ use tokio::sync::{mpsc, oneshot};
 /// append waits for room.
 pub const QUEUED: usize = 64;
 
-/// Writes to the same collection in flight at once for one append (the
-/// driver's pool holds ten connections by default).
-const IN_FLIGHT: usize = 16;
-
 /// Id keys past which the writer stops merging queued appends into one
 /// write (one `insert_many` of this many documents stays well inside a
 /// server's message size).
@@ -140,12 +136,18 @@ async fn write_all(db: Database, mut queue: mpsc::Receiver<Job>) {
 }
 
 impl Indexes {
+    /// Notes that `conversation` holds `seq` (its `last_seq` is raised to
+    /// the highest noted).
+    pub fn raise(&mut self, conversation: &str, seq: u64) {
+        let last = self.last_seqs.entry(conversation.to_owned()).or_insert(0);
+        *last = (*last).max(seq);
+    }
+
     /// Adds a later append's indexes to these.
     fn absorb(&mut self, later: Indexes) {
         self.id_keys.extend(later.id_keys);
         for (conversation, seq) in later.last_seqs {
-            let last = self.last_seqs.entry(conversation).or_insert(0);
-            *last = (*last).max(seq);
+            self.raise(&conversation, seq);
         }
     }
 }
@@ -202,23 +204,15 @@ async fn write(db: &Database, indexes: &Indexes) -> Result<(), mongodb::error::E
         .map(|(conversation, seq)| {
             let seqs = seqs.clone();
             async move {
-                let raise = || {
-                    seqs.update_one(
-                        doc! {"_id": &conversation},
-                        doc! {"$max": {"last_seq": super::seq_bson(seq)}},
-                    )
-                    .upsert(true)
-                };
-                // Two upserts of a missing document race to insert it;
-                // FerretDB answers the loser with a duplicate key (MongoDB
-                // retries it itself). The second try finds the document.
-                match raise().await {
-                    Err(e) if super::is_duplicate(&e) => raise().await.map(|_| ()),
-                    other => other.map(|_| ()),
-                }
+                super::upsert_in(
+                    &seqs,
+                    &conversation,
+                    doc! {"$max": {"last_seq": super::seq_bson(seq)}},
+                )
+                .await
             }
         })
-        .buffer_unordered(IN_FLIGHT)
+        .buffer_unordered(super::LOOKUPS_IN_FLIGHT)
         .try_collect::<()>()
         .await
 }

@@ -72,6 +72,26 @@ fn unavailable(e: mongodb::error::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// Applies `update` to the document `_id` = `id` of `documents`,
+/// inserting it if missing. Two upserts of a missing document race to
+/// insert it; MongoDB retries the loser itself, FerretDB answers it with a
+/// duplicate key. The second try finds the winner's document and updates it.
+async fn upsert_in(
+    documents: &Collection<Document>,
+    id: &str,
+    update: Document,
+) -> Result<(), mongodb::error::Error> {
+    let attempt = || {
+        documents
+            .update_one(doc! {"_id": id}, update.clone())
+            .upsert(true)
+    };
+    match attempt().await {
+        Err(e) if is_duplicate(&e) => attempt().await.map(|_| ()),
+        other => other.map(|_| ()),
+    }
+}
+
 /// MongoDB's duplicate key error (`E11000`), which FerretDB answers too
 /// (<https://www.mongodb.com/docs/manual/reference/error-codes/>).
 const DUPLICATE_KEY: i32 = 11000;
@@ -387,25 +407,37 @@ impl MongoStore {
         self.db.collection(name)
     }
 
-    /// Applies `update` to the document `_id` = `id`, inserting it if
-    /// missing. Two upserts of a missing document race to insert it; MongoDB
-    /// retries the loser itself, FerretDB answers it with a duplicate key.
-    /// The second try finds the winner's document and updates it.
+    /// [`upsert_in`] the collection named `collection`.
     async fn upsert_by_id(
         &self,
         collection: &str,
         id: &str,
         update: Document,
     ) -> Result<(), StoreError> {
-        let documents = self.coll(collection);
-        let attempt = || {
-            documents
-                .update_one(doc! {"_id": id}, update.clone())
-                .upsert(true)
+        upsert_in(&self.coll(collection), id, update)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// The message `id` of `conversation` as its `id:` key names it:
+    /// `Some(answer)` when the key decides (the message, or `None` when the
+    /// key is another conversation's), `None` when there is no key or it
+    /// does not name this message (it is then looked for otherwise).
+    async fn message_by_id_key(
+        &self,
+        conversation: &str,
+        id: &str,
+    ) -> Result<Option<Option<ChatMessage>>, StoreError> {
+        let Some(k) = self.by_id("message_keys", &id_key(id)).await? else {
+            return Ok(None);
         };
-        match attempt().await {
-            Err(e) if is_duplicate(&e) => attempt().await.map(|_| ()).map_err(unavailable),
-            other => other.map(|_| ()).map_err(unavailable),
+        if get_str(&k, "conversation_id")? != conversation {
+            return Ok(Some(None));
+        }
+        let key = message_key(conversation, get_u64(&k, "seq"));
+        match self.by_id("messages", &key).await? {
+            Some(d) if d.get_str("id") == Ok(id) => message_from(&d).map(|m| Some(Some(m))),
+            _ => Ok(None),
         }
     }
 
@@ -528,12 +560,11 @@ impl MongoStore {
             .await?
             .iter()
             .zip(&ids)
+            // `None` orders below any seq, so `max` keeps whichever is known.
             .map(|(s, id)| {
-                let held = self.held.get(id);
-                match (s.as_ref().map(|s| get_u64(s, "last_seq")), held) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                }
+                s.as_ref()
+                    .map(|s| get_u64(s, "last_seq"))
+                    .max(self.held.get(id))
             })
             .collect();
         let next = self
@@ -779,21 +810,16 @@ impl MongoStore {
                 .await
                 .map_err(|e| conflict_in(e, &to_write))?;
         }
-        let mut last_seqs: HashMap<String, u64> = HashMap::new();
+        let mut indexes = behind::Indexes {
+            id_keys: fresh().map(|m| key_doc(&id_key(&m.id), m)).collect(),
+            ..Default::default()
+        };
         for a in out {
-            let last = last_seqs
-                .entry(a.message.conversation_id.clone())
-                .or_insert(0);
-            *last = (*last).max(a.message.seq);
+            indexes.raise(&a.message.conversation_id, a.message.seq);
         }
         // After the messages: a key never points at a message that is not
         // there, and `last_seq` is never past a stored seq.
-        self.behind
-            .queue(behind::Indexes {
-                id_keys: fresh().map(|m| key_doc(&id_key(&m.id), m)).collect(),
-                last_seqs,
-            })
-            .await;
+        self.behind.queue(indexes).await;
         Ok(())
     }
 }
@@ -1102,29 +1128,15 @@ impl Store for MongoStore {
         conversation: &str,
         id: &str,
     ) -> Result<Option<ChatMessage>, StoreError> {
-        if let Some(k) = self.by_id("message_keys", &id_key(id)).await? {
-            if get_str(&k, "conversation_id")? != conversation {
-                return Ok(None);
-            }
-            let key = message_key(conversation, get_u64(&k, "seq"));
-            if let Some(d) = self.by_id("messages", &key).await?
-                && d.get_str("id") == Ok(id)
-            {
-                return message_from(&d).map(Some);
-            }
+        if let Some(answer) = self.message_by_id_key(conversation, id).await? {
+            return Ok(answer);
         }
         // No key yet: it may be queued behind an append (a change to a
         // message sent a moment ago). Waited for, then looked up again.
         if self.behind.busy() {
             self.behind.drain().await;
-            if let Some(k) = self.by_id("message_keys", &id_key(id)).await?
-                && get_str(&k, "conversation_id")? == conversation
-                && let Some(d) = self
-                    .by_id("messages", &message_key(conversation, get_u64(&k, "seq")))
-                    .await?
-                && d.get_str("id") == Ok(id)
-            {
-                return message_from(&d).map(Some);
+            if let Some(answer) = self.message_by_id_key(conversation, id).await? {
+                return Ok(answer);
             }
         }
         // No key: a message stored before keys by id existed, or one whose
