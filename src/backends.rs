@@ -152,7 +152,7 @@ impl Backends {
                     .map_err(|e| embedded("bus", e.to_string()))?,
             ),
         };
-        let registry = open_registry(config).await?;
+        let RegistryOnly { registry, restarts } = RegistryOnly::open(config).await?;
         let store: Arc<dyn Store> = match &config.mongodb_url {
             Some(url) => Arc::new(
                 MongoStore::connect(url, config.mongodb_database.as_deref())
@@ -176,7 +176,6 @@ impl Backends {
                 })
             }
         };
-        let restarts = Restarts::watch(&registry);
         Ok(Self {
             bus,
             registry,
