@@ -89,14 +89,7 @@ start_parley() {
     PARLEY_USER_SEND_LIMIT=100000000 PARLEY_MAX_SESSIONS_PER_USER=1000000 RUST_LOG=warn \
     nice -n "$NICE" ./target/release/parley >"$dir/stdout" 2>"$dir/log" &
   pid=$!
-  for _ in $(seq 1 300); do
-    url=$(sed -n 's/^Parley listening on //p' "$dir/stdout")
-    [ -n "$url" ] && return 0
-    sleep 0.1
-  done
-  echo "parley did not start; log:" >&2
-  cat "$dir/log" >&2
-  exit 1
+  wait_listening "$dir/stdout" "$dir/log"
 }
 
 start_centrifugo() {
