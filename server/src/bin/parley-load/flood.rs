@@ -237,13 +237,8 @@ async fn warm_up(
     let frame = target.direct(from, to, WARM_UP_INDEX, "warm-up", &body(0, bytes));
     'send: loop {
         tx.send(Message::Text(frame.clone().into())).await?;
-        while Instant::now() < until {
-            let t = match next_text(tx).await? {
-                Next::Text(t) => t,
-                Next::Quiet => continue,
-                Next::Closed => bail!("the sender's socket closed during the warm-up"),
-            };
-            for event in target.parse(&t)? {
+        loop {
+            for event in next_events(target, tx, until, "the sender's").await? {
                 match event {
                     Event::Accepted { index } if index == WARM_UP_INDEX => break 'send,
                     Event::Refused {
@@ -255,30 +250,45 @@ async fn warm_up(
                         continue 'send;
                     }
                     Event::Refused { code, .. } => bail!("warm-up message refused: {code}"),
-                    Event::Ping => tx.send(target.pong()).await?,
                     _ => {}
                 }
             }
         }
-        bail!("warm-up message not accepted within {WARM_UP_LIMIT:?}");
     }
-    while Instant::now() < until {
-        let t = match next_text(rx).await? {
-            Next::Text(t) => t,
-            Next::Quiet => continue,
-            Next::Closed => bail!("the receiver's socket closed during the warm-up"),
-        };
-        for event in target.parse(&t)? {
-            match event {
-                Event::Delivered(d) if d.from == from && d.client_msg_id == "warm-up" => {
-                    return Ok(());
-                }
-                Event::Ping => rx.send(target.pong()).await?,
-                _ => {}
+    loop {
+        for event in next_events(target, rx, until, "the receiver's").await? {
+            if let Event::Delivered(d) = event
+                && d.from == from
+                && d.client_msg_id == "warm-up"
+            {
+                return Ok(());
             }
         }
     }
-    bail!("warm-up message not delivered within {WARM_UP_LIMIT:?}")
+}
+
+/// The events of `socket`'s next text frame, answering Centrifugo's pings
+/// on it; an error once `until` has passed or the socket (`whose`) closed.
+async fn next_events(
+    target: &Target,
+    socket: &mut parley_server::client::Socket,
+    until: Instant,
+    whose: &str,
+) -> anyhow::Result<Vec<Event>> {
+    while Instant::now() < until {
+        let t = match next_text(socket).await? {
+            Next::Text(t) => t,
+            Next::Quiet => continue,
+            Next::Closed => bail!("{whose} socket closed during the warm-up"),
+        };
+        let mut events = target.parse(&t)?;
+        if events.iter().any(|e| matches!(e, Event::Ping)) {
+            socket.send(target.pong()).await?;
+        }
+        events.retain(|e| !matches!(e, Event::Ping));
+        return Ok(events);
+    }
+    bail!("the warm-up message took over {WARM_UP_LIMIT:?}")
 }
 
 /// `p99/max` of the latencies of the messages sent in each second of the
@@ -322,7 +332,7 @@ async fn receive(
     samples: Arc<Mutex<Vec<(u64, u64)>>>,
 ) -> anyhow::Result<HashSet<String>> {
     let mut delivered: HashSet<String> = HashSet::new();
-    let mut latencies = Vec::new();
+    // (send time, latency) of each first arrival, µs.
     let mut timeline = Vec::new();
     let done = |delivered: usize| {
         progress.answers_done.load(Ordering::Acquire)
@@ -341,7 +351,6 @@ async fn receive(
                 {
                     let now = start.elapsed().as_micros() as u64;
                     let sent = d.number()?;
-                    latencies.push(now.saturating_sub(sent));
                     timeline.push((sent, now.saturating_sub(sent)));
                 }
                 Event::Ping => rx.send(target.pong()).await?,
@@ -349,7 +358,7 @@ async fn receive(
             }
         }
     }
-    record_latencies(&histogram, latencies)?;
+    record_latencies(&histogram, timeline.iter().map(|&(_, l)| l).collect())?;
     samples
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
